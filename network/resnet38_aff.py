@@ -1,0 +1,68 @@
+"""AffinityNet on ResNet38 (Ahn & Kwak, CVPR 2018; SPEC section 5).
+
+Features from three depths are embedded, concatenated and compared pairwise:
+the affinity of two stride-8 grid pixels is ``exp(-mean_c |f_i - f_j|)`` for
+every pair within the radius-5 neighbourhood of ``tool.randomwalk``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from network import resnet38d
+from tool.randomwalk import DEFAULT_RADIUS, pair_indices
+
+
+class Net(resnet38d.Net):
+    new_layer_names = ("f8_3", "f8_4", "f8_5", "f9")
+
+    def __init__(self, width_mult: float = 1.0, radius: int = DEFAULT_RADIUS):
+        super().__init__(width_mult)
+        self.radius = radius
+        c = resnet38d.scaled
+        self.f8_3 = nn.Conv2d(c(512, width_mult), c(64, width_mult), 1, bias=False)
+        self.f8_4 = nn.Conv2d(c(1024, width_mult), c(128, width_mult), 1, bias=False)
+        self.f8_5 = nn.Conv2d(c(4096, width_mult), c(256, width_mult), 1, bias=False)
+        embed = self.f8_3.out_channels + self.f8_4.out_channels + self.f8_5.out_channels
+        self.f9 = nn.Conv2d(embed, embed, 1, bias=False)
+        for layer in (self.f8_3, self.f8_4, self.f8_5):
+            nn.init.kaiming_normal_(layer.weight)
+        nn.init.xavier_uniform_(self.f9.weight, gain=4)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The affinity feature map, (N, 448, H/8, W/8) at full width."""
+        d = self.forward_as_dict(x)
+        f8_3 = F.elu(self.f8_3(d["conv4"]))
+        f8_4 = F.elu(self.f8_4(d["conv5"]))
+        f8_5 = F.elu(self.f8_5(d["conv6"]))
+        return F.elu(self.f9(torch.cat([f8_3, f8_4, f8_5], dim=1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pair affinities (N, 34, n_from) in the order of ``tool.randomwalk.pair_indices``."""
+        return pair_affinities(self.embed(x), self.radius)
+
+
+def pair_affinities(feat: torch.Tensor, radius: int = DEFAULT_RADIUS) -> torch.Tensor:
+    """``exp(-mean_c |f_from - f_to|)`` for every pair of an (N, C, h, w) feature map -> (N, n_pairs, n_from)."""
+    n, c, h, w = feat.shape
+    idx_from, idx_to = pair_indices(h, w, radius)
+    flat = feat.reshape(n, c, h * w)
+    f_from = flat[:, :, torch.tensor(idx_from, device=feat.device)].unsqueeze(2)  # (N, C, 1, n_from)
+    f_to = flat[:, :, torch.tensor(idx_to, device=feat.device)]  # (N, C, n_pairs, n_from)
+    return torch.exp(-torch.mean(torch.abs(f_to - f_from), dim=1))
+
+
+def dense_affinity_matrix(aff: torch.Tensor, h: int, w: int, radius: int = DEFAULT_RADIUS) -> torch.Tensor:
+    """One image's (n_pairs, n_from) affinities as the symmetric (h*w, h*w) matrix with a unit diagonal.
+
+    For tests and small grids only: the random walk never builds it.
+    """
+    idx_from, idx_to = pair_indices(h, w, radius)
+    rows = torch.tensor(idx_to, device=aff.device).reshape(-1)
+    cols = torch.tensor(idx_from, device=aff.device).expand(idx_to.shape[0], -1).reshape(-1)
+    dense = torch.eye(h * w, dtype=aff.dtype, device=aff.device)
+    dense[rows, cols] = aff.reshape(-1)
+    dense[cols, rows] = aff.reshape(-1)
+    return dense

@@ -1,0 +1,215 @@
+"""Torch plumbing shared by every script: device choice, seeding, the poly-LR SGD
+of the reference (SPEC section 3), checkpoints, DataParallel / DDP.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from tool.fileio import atomic_path
+
+
+# --------------------------------------------------------------------------- device
+
+
+def get_device(name: str | None = None) -> torch.device:
+    """The device of ``--device``: default CUDA when available, else CPU.
+
+    Under torchrun each process takes ``cuda:LOCAL_RANK``.
+    """
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is None and is_distributed():
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+def add_device_args(parser) -> None:
+    """The device flags every script shares."""
+    parser.add_argument(
+        "--device", type=str, default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)"
+    )
+    parser.add_argument(
+        "--amp", action="store_true", help="CUDA mixed precision (torch.autocast float16); off = the reference"
+    )
+
+
+def autocast(device: torch.device, enabled: bool):
+    """Mixed precision on CUDA only; on CPU ``--amp`` is a no-op."""
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: numpy and ``random`` follow the torch seed of the worker.
+
+    The loader's base seed comes from its seeded generator, so augmentations are
+    reproducible for a given ``--seed`` and differ between workers and epochs.
+    """
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def rng_state() -> dict:
+    """RNG states as tensors and plain containers, so checkpoints load with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached_gaussian)
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- optimiser
+
+
+class PolyOptimizer(torch.optim.SGD):
+    """SGD with the poly schedule ``lr = lr0 * (1 - step / max_step) ** poly_power``, set before each step.
+
+    Reference quirk (psa issue #28): the original passed the weight decay where
+    SGD expects momentum, so it trained with momentum = weight decay (5e-4).
+    ``momentum=None`` reproduces that; pass 0.9 for the intended optimiser.
+    Per-group ``weight_decay`` in ``params`` overrides ``weight_decay``.
+    """
+
+    def __init__(self, params, lr: float, weight_decay: float, max_step: int, momentum: float | None = None,
+                 poly_power: float = 0.9):  # fmt: skip
+        momentum = weight_decay if momentum is None else momentum
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.global_step = 0
+        self.max_step = max_step
+        self.poly_power = poly_power
+        self.initial_lrs = [group["lr"] for group in self.param_groups]
+
+    def step(self, closure=None):
+        if self.global_step < self.max_step:
+            lr_mult = (1 - self.global_step / self.max_step) ** self.poly_power
+            for group, lr0 in zip(self.param_groups, self.initial_lrs, strict=True):
+                group["lr"] = lr0 * lr_mult
+        loss = super().step(closure)
+        self.global_step += 1
+        return loss
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["poly"] = {"global_step": self.global_step, "max_step": self.max_step, "initial_lrs": self.initial_lrs}
+        return state
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        poly = state_dict.pop("poly")
+        super().load_state_dict(state_dict)
+        self.global_step, self.max_step, self.initial_lrs = poly["global_step"], poly["max_step"], poly["initial_lrs"]
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, max_step: int, momentum: float | None = None):
+    """PolyOptimizer over the 4 groups of SPEC section 2 (lr, 2 lr, 10 lr, 20 lr; no decay on biases)."""
+    groups = model.parameter_groups()
+    return PolyOptimizer(
+        [
+            {"params": groups[0], "lr": lr, "weight_decay": weight_decay},
+            {"params": groups[1], "lr": 2 * lr, "weight_decay": 0},
+            {"params": groups[2], "lr": 10 * lr, "weight_decay": weight_decay},
+            {"params": groups[3], "lr": 20 * lr, "weight_decay": 0},
+        ],
+        lr=lr,
+        weight_decay=weight_decay,
+        max_step=max_step,
+        momentum=momentum,
+    )
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_atomic(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file, then rename: a killed run never leaves half a checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A resumable checkpoint written by ``save_atomic`` (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def init_distributed() -> bool:
+    """Join the torchrun process group when torchrun's variables are set (NCCL on GPU, gloo on CPU)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or is_distributed():
+        return is_distributed()
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return True
+
+
+def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """DDP under torchrun; DataParallel when one process sees several GPUs (the reference's way)."""
+    if is_distributed():
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
+        return nn.DataParallel(model)
+    return model
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
+
+
+def shard(items: list, rank: int | None = None, world_size: int | None = None) -> list:
+    """This rank's share of a list (round robin), for inference under torchrun."""
+    rank = get_rank() if rank is None else rank
+    world_size = get_world_size() if world_size is None else world_size
+    return items[rank::world_size]
