@@ -1,0 +1,299 @@
+"""PASCAL VOC 2012 datasets for the three learning stages (SPEC sections 3, 4 and 5).
+
+- :class:`VOC12ClsDataset` with :class:`TrainClsTransform` / :class:`ValClsTransform`:
+  SSENet classification training and validation (SPEC 3).
+- :class:`VOC12ClsDatasetMSF`: multi-scale, flipped inputs for CAM inference (SPEC 4).
+- :class:`VOC12AffDataset`: AffinityNet training images with pair labels derived
+  from the low/high-alpha CRF score files (SPEC 5); :func:`label_from_crf_scores`
+  and :func:`affinity_labels` are the two steps of that derivation.
+
+Randomness: every augmentation draws from torch's global generator, directly
+(torchvision's ``ColorJitter``) or through a numpy ``Generator`` seeded from it
+once per item (:func:`item_rng`). DataLoader seeds torch in each worker with
+``base_seed + worker_id`` (``base_seed`` comes from the loader's ``generator``),
+and ``seed_everything`` seeds it in the main process, so one seed fixes every
+crop, flip and jitter without relying on a ``worker_init_fn``. The reference's
+exact random stream (Python ``random`` plus numpy seeded with 1 + worker id) is
+not reproduced; only its distributions are.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import ColorJitter
+
+from tool import imutils
+from tool.fileio import load_scores, score_file
+from tool.randomwalk import DEFAULT_RADIUS, from_region, pair_slices
+from voc12.voc import IGNORE_INDEX, NUM_FG_CLASSES, jpeg_path, load_img_id_list
+
+# SPEC 3 / 5 colour jitter, as in the reference (torchvision ColorJitter on the PIL image).
+COLOR_JITTER = {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.1}
+MSF_SCALES = (1.0, 0.5, 1.5, 2.0)
+FEATURE_STRIDE = 8
+# A pooled cell whose CRF scores are all below this lies in the crop's zero padding.
+NO_SCORE_EPS = 1e-5
+
+
+def item_rng() -> np.random.Generator:
+    """A numpy generator for one item's augmentation, seeded from torch's global RNG."""
+    return np.random.default_rng(int(torch.randint(2**62, (1,)).item()))
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open an image as 3-channel RGB (VOC has a few CMYK/grey JPEGs)."""
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def _require_files(paths: Mapping[str, Path], what: str, list_path: str | os.PathLike) -> None:
+    """Fail at construction, not hours into training, if any file of the list is missing."""
+    missing = [(image_id, p) for image_id, p in paths.items() if not p.is_file()]
+    if missing:
+        image_id, p = missing[0]
+        raise FileNotFoundError(
+            f"{len(missing)} {what} file(s) missing for images of {list_path}; first: id {image_id} -> {p}"
+        )
+
+
+def _label_matrix(ids: Sequence[str], labels: Mapping[str, np.ndarray], list_path: str | os.PathLike) -> np.ndarray:
+    """Stack the image-level labels of ``ids`` into an (N, 20) float32 matrix, checking each."""
+    missing = [i for i in ids if i not in labels]
+    if missing:
+        raise KeyError(f"{len(missing)} image(s) of {list_path} have no class label; first: {missing[0]}")
+    rows = [np.asarray(labels[i], dtype=np.float32) for i in ids]
+    for image_id, row in zip(ids, rows, strict=True):
+        if row.shape != (NUM_FG_CLASSES,):
+            raise ValueError(f"class label of {image_id} has shape {row.shape}, expected ({NUM_FG_CLASSES},)")
+    return np.stack(rows)
+
+
+class TrainClsTransform:
+    """SPEC 3 training augmentation: PIL RGB image -> (3, crop, crop) float32 tensor.
+
+    Resize so the long side is a random integer in ``resize_long`` (bicubic),
+    colour jitter, normalise, horizontal flip (p = 0.5), random crop with a zero
+    canvas after normalisation, CHW. SPEC lists the flip before the jitter; the
+    jitter is flip-invariant (per-pixel maps plus a global mean), so flipping
+    the array afterwards gives the same distribution.
+    """
+
+    def __init__(self, resize_long: tuple[int, int] = (448, 768), crop_size: int = 448) -> None:
+        self.resize_long = resize_long
+        self.crop_size = crop_size
+        self.color_jitter = ColorJitter(**COLOR_JITTER)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        rng = item_rng()
+        img = imutils.random_resize_long(img, *self.resize_long, rng)
+        arr = imutils.normalize(np.asarray(self.color_jitter(img)))
+        (arr,) = imutils.random_hflip(arr, rng=rng)
+        (arr,) = imutils.random_crop(arr, crop_size=self.crop_size, rng=rng)
+        return torch.from_numpy(imutils.hwc_to_chw(arr))
+
+
+class ValClsTransform:
+    """SPEC 3 validation input: normalise, centre crop (zero canvas), CHW -> (3, crop, crop) float32."""
+
+    def __init__(self, crop_size: int = 500) -> None:
+        self.crop_size = crop_size
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        (arr,) = imutils.center_crop(imutils.normalize(np.asarray(img)), crop_size=self.crop_size)
+        return torch.from_numpy(imutils.hwc_to_chw(arr))
+
+
+class VOC12ClsDataset(Dataset):
+    """Images of a list with their image-level labels: items are ``(id, img, label)``.
+
+    ``labels`` maps each id to its 20-d multi-hot vector. ``img`` is
+    ``transform(PIL RGB image)``, or the PIL image itself without a transform;
+    ``label`` is a (20,) float32 tensor.
+    """
+
+    def __init__(
+        self,
+        list_path: str | os.PathLike,
+        voc12_root: str | os.PathLike,
+        labels: Mapping[str, np.ndarray],
+        transform: Callable[[Image.Image], Any] | None = None,
+    ) -> None:
+        self.ids = load_img_id_list(list_path)
+        self.voc12_root = Path(voc12_root)
+        self.labels = _label_matrix(self.ids, labels, list_path)
+        self.transform = transform
+        _require_files({i: jpeg_path(voc12_root, i) for i in self.ids}, "JPEG image", list_path)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[str, Any, torch.Tensor]:
+        image_id = self.ids[index]
+        img = load_rgb(jpeg_path(self.voc12_root, image_id))
+        if self.transform is not None:
+            img = self.transform(img)
+        return image_id, img, torch.from_numpy(self.labels[index].copy())
+
+
+class VOC12ClsDatasetMSF(Dataset):
+    """Multi-scale inference inputs (SPEC 4). Items are dicts:
+
+    - ``"id"``: the image id;
+    - ``"image"``: the original RGB image, (H, W, 3) uint8 tensor (for the CRF);
+    - ``"inputs"``: per scale, a (2, 3, h_s, w_s) float32 tensor, the normalised
+      scaled image and its horizontal flip (see :func:`tool.imutils.msf_inputs`);
+    - ``"label"``: (20,) float32 image-level label.
+    """
+
+    def __init__(
+        self,
+        list_path: str | os.PathLike,
+        voc12_root: str | os.PathLike,
+        labels: Mapping[str, np.ndarray],
+        scales: Sequence[float] = MSF_SCALES,
+    ) -> None:
+        self.ids = load_img_id_list(list_path)
+        self.voc12_root = Path(voc12_root)
+        self.labels = _label_matrix(self.ids, labels, list_path)
+        self.scales = tuple(scales)
+        _require_files({i: jpeg_path(voc12_root, i) for i in self.ids}, "JPEG image", list_path)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.ids[index]
+        img = load_rgb(jpeg_path(self.voc12_root, image_id))
+        return {
+            "id": image_id,
+            "image": torch.from_numpy(np.array(img)),
+            "inputs": [torch.from_numpy(x) for x in imutils.msf_inputs(img, self.scales)],
+            "label": torch.from_numpy(self.labels[index].copy()),
+        }
+
+
+def label_from_crf_scores(la_scores: np.ndarray, ha_scores: np.ndarray) -> np.ndarray:
+    """Per-cell training label from pooled low/high-alpha CRF scores, each (h, w, K) (SPEC 5).
+
+    Channel 0 is background (key 0). Start from the low-alpha argmax, whose
+    foreground is confident; its background is unsure (255) unless the
+    high-alpha argmax, whose background is confident, says background (0).
+    Cells with no score at all (crop padding) are 255. The result holds
+    indices into the keys, which is all the pair labels need (equality).
+    """
+    label = la_scores.argmax(axis=-1).astype(np.uint8)
+    label[label == 0] = IGNORE_INDEX
+    label[ha_scores.argmax(axis=-1) == 0] = 0
+    no_score = np.maximum(la_scores.max(axis=-1), ha_scores.max(axis=-1)) < NO_SCORE_EPS
+    label[no_score] = IGNORE_INDEX
+    return label
+
+
+def affinity_labels(label: np.ndarray, radius: int = DEFAULT_RADIUS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pair labels of an (h, w) label map (255 = ignore) on the feature grid (SPEC 5).
+
+    Pairs follow :mod:`tool.randomwalk` (offset k, from-pixel i). Returns
+    ``(bg_pos, fg_pos, neg)``, each (n_offsets, n_from) float32 in {0, 1}: a pair
+    whose ends are both labelled is positive when the labels agree (background
+    when they are 0, foreground otherwise) and negative when they differ.
+    """
+    if label.ndim != 2:
+        raise ValueError(f"affinity_labels expects an (h, w) label map, got shape {label.shape}")
+    h, w = label.shape
+    label_from = label[from_region(h, w, radius)]  # (h_from, w_from)
+    label_to = np.stack([label[s] for s in pair_slices(h, w, radius)])  # (n_offsets, h_from, w_from)
+    valid = (label_from != IGNORE_INDEX) & (label_to != IGNORE_INDEX)
+    equal = label_to == label_from
+    bg_pos = equal & (label_from == 0)
+    fg_pos = equal & (label_from != 0) & valid
+    neg = ~equal & valid
+    n = label_to.shape[0]
+    return tuple(x.reshape(n, -1).astype(np.float32) for x in (bg_pos, fg_pos, neg))
+
+
+class VOC12AffDataset(Dataset):
+    """AffinityNet training data (SPEC 5): items are ``(img, bg_pos, fg_pos, neg)``.
+
+    ``img`` is the augmented, normalised (3, crop, crop) float32 image and the
+    pair labels are (n_offsets, n_from) float32 on the ceil(crop / 8) grid
+    (34 x 2496 for crop 448, radius 5). Labels come from the CRF score files of
+    ``infer_cls_ser.py`` (keys 0 = background, k + 1 = class k) in
+    ``la_crf_dir`` (low alpha) and ``ha_crf_dir`` (high alpha); with
+    ``allow_pickle`` the reference's pickled ``.npy`` files are read too.
+
+    Augmentation: colour jitter, joint random crop of the uint8 image and the
+    stacked scores (zero padding, so the padded image is black before
+    normalisation and the padded scores mark "no label"), normalise, joint
+    horizontal flip, 8 x 8 average pooling of the scores.
+    """
+
+    def __init__(
+        self,
+        list_path: str | os.PathLike,
+        voc12_root: str | os.PathLike,
+        la_crf_dir: str | os.PathLike,
+        ha_crf_dir: str | os.PathLike,
+        crop_size: int = 448,
+        radius: int = DEFAULT_RADIUS,
+        allow_pickle: bool = False,
+    ) -> None:
+        self.ids = load_img_id_list(list_path)
+        self.voc12_root = Path(voc12_root)
+        self.la_crf_dir, self.ha_crf_dir = Path(la_crf_dir), Path(ha_crf_dir)
+        self.crop_size = crop_size
+        self.radius = radius
+        self.allow_pickle = allow_pickle
+        self.color_jitter = ColorJitter(**COLOR_JITTER)
+        grid = -(-crop_size // FEATURE_STRIDE)
+        from_region(grid, grid, radius)  # raises early if the crop is too small for the pair radius
+        _require_files({i: jpeg_path(voc12_root, i) for i in self.ids}, "JPEG image", list_path)
+        for crf_dir in (self.la_crf_dir, self.ha_crf_dir):
+            paths = {i: score_file(crf_dir, i, allow_pickle) for i in self.ids}
+            _require_files(paths, f"CRF score (in {crf_dir})", list_path)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _load_crf_scores(self, image_id: str, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        la_path = score_file(self.la_crf_dir, image_id, self.allow_pickle)
+        ha_path = score_file(self.ha_crf_dir, image_id, self.allow_pickle)
+        la_keys, la_scores = load_scores(la_path, self.allow_pickle)
+        ha_keys, ha_scores = load_scores(ha_path, self.allow_pickle)
+        if not np.array_equal(la_keys, ha_keys):
+            raise ValueError(f"CRF score files disagree on keys: {la_path} has {la_keys}, {ha_path} has {ha_keys}")
+        if la_keys.size == 0 or la_keys[0] != 0:
+            raise ValueError(f"{la_path}: CRF keys {la_keys} must start with 0 (background)")
+        for path, scores in ((la_path, la_scores), (ha_path, ha_scores)):
+            if scores.shape[1:] != hw:
+                raise ValueError(f"{path}: scores are {scores.shape[1:]} but image {image_id} is {hw}")
+        return la_scores, ha_scores
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        image_id = self.ids[index]
+        img = load_rgb(jpeg_path(self.voc12_root, image_id))
+        la_scores, ha_scores = self._load_crf_scores(image_id, (img.height, img.width))
+        n_keys = la_scores.shape[0]
+        scores = np.concatenate([la_scores, ha_scores]).transpose(1, 2, 0)  # (H, W, 2K)
+
+        rng = item_rng()
+        img_arr = np.asarray(self.color_jitter(img))
+        img_arr, scores = imutils.random_crop(img_arr, scores, crop_size=self.crop_size, rng=rng)
+        img_arr, scores = imutils.random_hflip(imutils.normalize(img_arr), scores, rng=rng)
+        pooled = imutils.pool_scores(scores, FEATURE_STRIDE)  # (grid, grid, 2K)
+
+        label = label_from_crf_scores(pooled[..., :n_keys], pooled[..., n_keys:])
+        bg_pos, fg_pos, neg = affinity_labels(label, self.radius)
+        return (
+            torch.from_numpy(imutils.hwc_to_chw(img_arr)),
+            torch.from_numpy(bg_pos),
+            torch.from_numpy(fg_pos),
+            torch.from_numpy(neg),
+        )
