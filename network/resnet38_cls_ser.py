@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from network import resnet38d
+from tool.camutils import max_norm
 from voc12.voc import NUM_FG_CLASSES
 
 
@@ -29,3 +30,49 @@ class Net(resnet38d.Net):
         conv6 = super().forward(x)  # (N, C, H/8, W/8)
         cam = self.fc8(self.dropout7(conv6))
         return F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)
+
+
+# Both resizes of the scale branch use align_corners=True, as the SSENet/SEAM
+# training code does; the head's upsampling above uses align_corners=False.
+SCALE_ALIGN_CORNERS = True
+
+
+def classification_loss(cam: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Multilabel soft-margin loss of the CAM's spatial mean (the image-level score)."""
+    return F.multilabel_soft_margin_loss(cam.mean(dim=(2, 3)), labels)
+
+
+def ser_loss(cam_small: torch.Tensor, cam_rescaled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Scale-equivariance regularisation: mean squared difference of the max-normalised
+    CAMs of the downscaled input and of the downscaled CAM, absent classes zeroed."""
+    mask = labels[:, :, None, None]  # (N, 20, 1, 1)
+    diff = max_norm(cam_small, shift=True) * mask - max_norm(cam_rescaled, shift=True) * mask
+    return torch.mean(diff**2)
+
+
+def ssenet_loss(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, branch_rate: float = 0.3, ser_weight: float = 1.0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``L = (L_cls + L_cls_s) / 2 + ser_weight * L_ser`` (SPEC section 3).
+
+    ``ser_weight = 0`` is the baseline: no scale branch, ``L = L_cls``.
+    Returns the loss and its parts (``cam`` and ``cam_small`` for visualisation).
+    """
+    cam = model(images)  # (N, 20, H, W)
+    loss_cls = classification_loss(cam, labels)
+    if ser_weight == 0:
+        return loss_cls, {"loss_cls": loss_cls, "cam": cam}
+    images_small = F.interpolate(images, scale_factor=branch_rate, mode="bilinear", align_corners=SCALE_ALIGN_CORNERS)
+    cam_small = model(images_small)  # (N, 20, rH, rW)
+    cam_rescaled = F.interpolate(cam, size=cam_small.shape[2:], mode="bilinear", align_corners=SCALE_ALIGN_CORNERS)
+    loss_cls_small = classification_loss(cam_small, labels)
+    loss_ser = ser_loss(cam_small, cam_rescaled, labels)
+    loss = (loss_cls + loss_cls_small) / 2 + ser_weight * loss_ser
+    parts = {
+        "loss_cls": loss_cls,
+        "loss_cls_s": loss_cls_small,
+        "loss_ser": loss_ser,
+        "cam": cam,
+        "cam_small": cam_small,
+    }
+    return loss, parts

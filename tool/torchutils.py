@@ -15,7 +15,6 @@ from torch import nn
 
 from tool.fileio import atomic_path
 
-
 # --------------------------------------------------------------------------- device
 
 

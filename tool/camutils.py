@@ -1,0 +1,21 @@
+"""Class activation map helpers: the one home of CAM normalisation (SPEC sections 3, 4)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def max_norm(cam: torch.Tensor, eps: float = 1e-5, shift: bool = False) -> torch.Tensor:
+    """Divide each (image, class) map of ``cam`` (..., H, W) by its spatial maximum + eps, after ReLU.
+
+    ``shift=True`` is the training form of SPEC section 3,
+    ``relu(relu(c) - eps) / (max relu(c) + eps)``, which zeroes near-zero
+    activations; ``shift=False`` is the inference form of SPEC section 4
+    (``c / (max c + eps)`` for non-negative c).
+    """
+    cam = F.relu(cam)
+    peak = cam.amax(dim=(-2, -1), keepdim=True)
+    if shift:
+        cam = F.relu(cam - eps)
+    return cam / (peak + eps)

@@ -1,0 +1,279 @@
+"""The training driver shared by ``train_cls_ser.py`` and ``train_aff.py``.
+
+Both scripts train a ResNet38 head with the reference's poly-LR SGD, the same
+flags, checkpoints and logging; they differ only in the dataset, the loss and
+what they draw. So a script supplies those and calls ``train(...)``:
+
+- ``loss_fn(model, batch, device, amp) -> (loss, scalars, vis)``: the loss of one
+  (micro-)batch, a dict of floats to log, and an optional dict of tensors for
+  ``vis_fn``;
+- ``val_fn(model) -> dict`` (optional): evaluated after every epoch on rank 0;
+- ``vis_fn(writer, vis, step)`` (optional): TensorBoard images.
+
+Single process, DataParallel (one process, several GPUs) and DDP (torchrun)
+use the same code; ``--batch_size`` is always the total batch and
+``--accum_steps`` splits it into micro-batches.
+
+Resumption: every epoch draws its sample order and augmentation seeds from
+``(seed, epoch)`` alone, so a run resumed from an epoch checkpoint is identical
+to an uninterrupted one. A run stopped mid-epoch (``--max_steps``, a kill
+after the last checkpoint) resumes at the recorded step; its remaining batches
+keep their order but not their augmentation draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from network.resnet38d import load_weights
+from tool import pyutils, torchutils
+from tool.fileio import atomic_path
+
+logger = logging.getLogger(__name__)
+
+
+def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
+    """The flags both training scripts share; ``defaults`` holds the script's reference values."""
+    d = defaults
+    parser.add_argument("--batch_size", type=int, default=d["batch_size"], help="total batch over all devices")
+    parser.add_argument("--max_epoches", type=int, default=d["max_epoches"], help="epochs (reference spelling)")
+    parser.add_argument("--network", type=str, default=d["network"], help="network module, dotted name")
+    parser.add_argument("--lr", type=float, default=0.01, help="base learning rate (new layers get 10x)")
+    parser.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes per rank")
+    parser.add_argument("--wt_dec", type=float, default=5e-4, help="weight decay")
+    parser.add_argument(
+        "--momentum", type=float, default=None,
+        help="SGD momentum; default: equal to --wt_dec, the reference's positional-argument quirk (0.9 fixes it)",
+    )  # fmt: skip
+    parser.add_argument("--weights", type=str, default=None, help="init weights: MXNet .params or a .pth state dict")
+    parser.add_argument("--from_scratch", action="store_true", help="train without --weights (random init)")
+    parser.add_argument("--train_list", type=str, default="voc12/train_aug.txt", help="list of training images")
+    parser.add_argument("--session_name", type=str, default=d["session_name"], help="output path prefix")
+    parser.add_argument("--crop_size", type=int, default=448, help="random crop side, pixels")
+    parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder")
+    parser.add_argument("--tblog_dir", type=str, default="./log", help="TensorBoard folder ('' disables)")
+    parser.add_argument("--width_mult", type=float, default=1.0, help="channel width multiplier (1/8 for CPU demos)")
+    torchutils.add_device_args(parser)
+    parser.add_argument("--seed", type=int, default=1, help="random seed (reference: 1)")
+    parser.add_argument("--accum_steps", type=int, default=1, help="split each batch into this many micro-batches")
+    parser.add_argument(
+        "--resume", type=str, default=None,
+        help="checkpoint to resume from (default: <session_name>_checkpoint.pth when it exists)",
+    )  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="start afresh even if outputs exist")
+    parser.add_argument("--max_steps", type=int, default=None, help="stop after this many optimiser steps")
+    parser.add_argument("--print_freq", type=int, default=10, help="log every N steps")
+    parser.add_argument("--vis_freq", type=int, default=100, help="TensorBoard images every N steps")
+
+
+def build_model(args: argparse.Namespace) -> torch.nn.Module:
+    """``--network`` module's ``Net`` at ``--width_mult``, initialised from ``--weights``."""
+    try:
+        module = importlib.import_module(args.network)
+    except ModuleNotFoundError as e:
+        raise SystemExit(f"--network {args.network}: no such module ({e})") from None
+    model = module.Net(width_mult=args.width_mult)
+    if args.weights:
+        load_weights(model, args.weights, allow_missing_head=True)
+    elif not args.from_scratch:
+        raise SystemExit("--weights is required (ImageNet ResNet38 .params or a .pth); --from_scratch trains without")
+    return model
+
+
+class _EpochSampler(Sampler):
+    """A fixed permutation of the dataset for one epoch (this rank's share), started at ``offset`` samples."""
+
+    def __init__(self, dataset_len: int, seed: int, epoch: int, rank: int, world: int, offset: int = 0):
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(dataset_len, generator=g).tolist()
+        usable = dataset_len // world * world  # equal shares keep DDP ranks in step
+        self.indices = order[rank:usable:world][offset:]
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def _paths(args) -> dict[str, Path]:
+    prefix = Path(args.session_name)
+    return {
+        "final": prefix.with_name(prefix.name + ".pth"),
+        "checkpoint": prefix.with_name(prefix.name + "_checkpoint.pth"),
+        "log": prefix.with_name(prefix.name + ".log"),
+        "jsonl": prefix.with_name(prefix.name + "_log.jsonl"),
+    }
+
+
+def _micro_batches(batch, n: int):
+    """Split a collated batch (tuple/list of tensors or lists) into ``n`` equal chunks."""
+    if n == 1:
+        return [batch]
+    size = len(batch[0])
+    if size % n:
+        raise SystemExit(f"--accum_steps {n} must divide the per-device batch {size}")
+    step = size // n
+    return [[item[i : i + step] for item in batch] for i in range(0, size, step)]
+
+
+def train(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    dataset: Dataset,
+    loss_fn: Callable,
+    val_fn: Callable | None = None,
+    vis_fn: Callable | None = None,
+) -> dict:
+    """Train ``model`` on ``dataset``; returns a summary dict. See the module docstring."""
+    torchutils.init_distributed()
+    rank, world = torchutils.get_rank(), torchutils.get_world_size()
+    main = torchutils.is_main_process()
+    paths = _paths(args)
+    pyutils.setup_logger(paths["log"], main)
+    device = torchutils.get_device(args.device)
+    logger.info("args: %s", json.dumps(vars(args), default=str))
+    logger.info("git %s, torch %s, device %s, world size %d", pyutils.git_sha(), torch.__version__, device, world)
+
+    if args.batch_size % (world * args.accum_steps):
+        raise SystemExit(f"--batch_size {args.batch_size} must be a multiple of world size x --accum_steps")
+    per_rank = args.batch_size // world
+    steps_per_epoch = len(dataset) // args.batch_size
+    if steps_per_epoch == 0:
+        raise SystemExit(f"{len(dataset)} training images are fewer than --batch_size {args.batch_size}")
+    max_step = steps_per_epoch * args.max_epoches
+
+    model.to(device)
+    optimizer = torchutils.make_optimizer(model, args.lr, args.wt_dec, max_step, args.momentum)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
+
+    start_step = 0
+    resume_rng = None
+    resume = args.resume
+    if resume is None and paths["checkpoint"].exists() and not args.overwrite:
+        resume = paths["checkpoint"]
+        logger.info("found %s: resuming (pass --overwrite to start afresh)", resume)
+    if resume is None and paths["final"].exists() and not args.overwrite:
+        raise SystemExit(f"{paths['final']} exists; pass --overwrite to train again")
+    if resume is not None:
+        ckpt = torchutils.load_checkpoint(resume)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_step = ckpt["step"]
+        resume_rng = ckpt["rng"] if not ckpt["epoch_done"] else None
+        logger.info("resumed from %s at step %d / %d", resume, start_step, max_step)
+
+    ddp_model = torchutils.wrap_model(model, device)
+    ddp_model.train()
+    writer = None
+    if main and args.tblog_dir:
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(args.tblog_dir)
+
+    stop_step = max_step if args.max_steps is None else min(max_step, args.max_steps)
+    step = start_step
+    history = []
+    with logging_redirect_tqdm():
+        while step < stop_step:
+            epoch, offset = divmod(step, steps_per_epoch)
+            # Every epoch's randomness derives from (seed, epoch, rank) only: exact resumption.
+            torchutils.seed_everything(args.seed + 1000 * epoch + rank)
+            if offset and resume_rng is not None:
+                torchutils.set_rng_state(resume_rng)  # continue the stopped epoch's random stream
+            resume_rng = None
+            sampler = _EpochSampler(len(dataset), args.seed, epoch, rank, world, offset * per_rank)
+            loader = DataLoader(
+                dataset, batch_size=per_rank, sampler=sampler, num_workers=args.num_workers, drop_last=True,
+                pin_memory=device.type == "cuda", worker_init_fn=torchutils.seed_worker,
+                generator=torch.Generator().manual_seed(args.seed * 7919 + epoch * 31 + rank),
+                persistent_workers=False,
+            )  # fmt: skip
+            meters: dict[str, pyutils.SmoothedValue] = defaultdict(pyutils.SmoothedValue)
+            t_epoch = time.time()
+            bar = tqdm(total=steps_per_epoch, initial=offset, desc=f"epoch {epoch}", disable=not main, leave=False)
+            for batch in loader:
+                if step >= stop_step or step // steps_per_epoch != epoch:
+                    break
+                t0 = time.time()
+                vis = None
+                chunks = _micro_batches(batch, args.accum_steps)
+                for i, chunk in enumerate(chunks):
+                    last = i == len(chunks) - 1
+                    sync = ddp_model.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
+                    with sync:
+                        with torchutils.autocast(device, args.amp):
+                            loss, scalars, vis = loss_fn(ddp_model, chunk, device)
+                        scaler.scale(loss / len(chunks)).backward()
+                    for k, v in scalars.items():
+                        meters[k].update(v)
+                if not math.isfinite(loss.item()):
+                    raise SystemExit(f"loss is {loss.item()} at step {step}; stopping")
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                meters["imps"].update(args.batch_size / (time.time() - t0))
+                bar.update(1)
+                if main and step % args.print_freq == 0:
+                    eta = (stop_step - step) * args.batch_size / max(meters["imps"].avg, 1e-9)
+                    lr = optimizer.param_groups[0]["lr"]
+                    losses = " ".join(f"{k} {m.avg:.4f}" for k, m in meters.items() if k != "imps")
+                    logger.info(
+                        "step %d/%d %s imps %.1f lr %.5f eta %s",
+                        step, stop_step, losses, meters["imps"].avg, lr, pyutils.format_seconds(eta),
+                    )  # fmt: skip
+                    if writer is not None:
+                        for k, m in meters.items():
+                            writer.add_scalar(f"train/{k}", m.avg, step)
+                        writer.add_scalar("train/lr", lr, step)
+                if writer is not None and vis_fn is not None and vis is not None and step % args.vis_freq == 0:
+                    vis_fn(writer, vis, step)
+            bar.close()
+
+            epoch_done = step % steps_per_epoch == 0
+            stats = {"epoch": epoch, "step": step, **{k: m.global_avg for k, m in meters.items()}}
+            stats["epoch_seconds"] = time.time() - t_epoch
+            if epoch_done and val_fn is not None and main:
+                stats.update({f"val_{k}": v for k, v in val_fn(model, device).items()})
+                if writer is not None:
+                    for k, v in stats.items():
+                        if k.startswith("val_"):
+                            writer.add_scalar(f"val/{k[4:]}", v, step)
+                model.train()
+            if main:
+                torchutils.save_atomic(
+                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                     "step": step, "epoch": epoch, "epoch_done": epoch_done, "rng": torchutils.rng_state(),
+                     "args": vars(args)},
+                    paths["checkpoint"],
+                )  # fmt: skip
+                history.append(stats)
+                with atomic_path(paths["jsonl"]) as tmp:
+                    previous = paths["jsonl"].read_text() if paths["jsonl"].exists() else ""
+                    Path(tmp).write_text(previous + json.dumps(stats) + "\n")
+                logger.info("epoch %d done: %s", epoch, json.dumps(stats))
+            if torchutils.is_distributed():
+                torch.distributed.barrier()
+
+    if main and step >= max_step:
+        torchutils.save_atomic(model.state_dict(), paths["final"])
+        logger.info("saved %s", paths["final"])
+    if writer is not None:
+        writer.close()
+    return {"step": step, "max_step": max_step, "history": history, "final": str(paths["final"])}

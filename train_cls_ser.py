@@ -1,0 +1,101 @@
+"""Train the SSENet CAM network (SPEC section 3).
+
+    python train_cls_ser.py --voc12_root VOC2012 --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params
+
+The loss is the multilabel classification loss on the input and on a copy
+downscaled by ``--branch_rate``, plus the scale-equivariance term between the
+CAM of the downscaled copy and the downscaled CAM (``network.resnet38_cls_ser``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.utils.data import DataLoader
+
+from network.resnet38_cls_ser import classification_loss, ssenet_loss
+from tool import training
+from tool.visualization import cam_panel
+from voc12.data import TrainClsTransform, ValClsTransform, VOC12ClsDataset
+from voc12.make_cls_labels import load_or_build_cls_labels
+from voc12.voc import load_img_id_list
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train SSENet (ResNet38 CAM network with scale equivariance)")
+    training.add_training_args(
+        parser,
+        {"batch_size": 16, "max_epoches": 15, "network": "network.resnet38_cls_ser", "session_name": "resnet38_cls_ser"},
+    )
+    parser.add_argument("--val_list", type=str, default="voc12/val.txt", help="validation list ('' skips validation)")
+    parser.add_argument("--val_crop_size", type=int, default=500, help="validation centre crop, pixels")
+    parser.add_argument("--cls_labels", type=str, default="voc12/cls_labels.npz", help="image-level label cache")
+    parser.add_argument(
+        "--resize_long", type=int, nargs=2, default=(448, 768), metavar=("MIN", "MAX"),
+        help="random long-side resize range, pixels (reference: 448 768)",
+    )  # fmt: skip
+    parser.add_argument("--branch_rate", type=float, default=0.3, help="scale of the second branch (SSENet: 0.3)")
+    parser.add_argument(
+        "--ser_weight", type=float, default=1.0, help="weight of the scale-equivariance loss; 0 = baseline"
+    )
+    return parser
+
+
+def make_loss_fn(branch_rate: float, ser_weight: float):
+    def loss_fn(model, batch, device):
+        _, images, labels = batch
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        loss, parts = ssenet_loss(model, images, labels, branch_rate, ser_weight)
+        scalars = {k: v.item() for k, v in parts.items() if k.startswith("loss")}
+        scalars["loss"] = loss.item()
+        vis = {"image": images[0], "label": labels[0], **{k: parts[k][0] for k in ("cam", "cam_small") if k in parts}}
+        return loss, scalars, vis
+
+    return loss_fn
+
+
+def vis_fn(writer, vis, step: int) -> None:
+    """CAM overlays of both branches for the first image of the batch."""
+    image, label = vis["image"].float().cpu().numpy(), vis["label"].cpu().numpy()
+    writer.add_image("cam", cam_panel(image, vis["cam"].detach().float().cpu().numpy(), label), step)
+    if "cam_small" in vis:
+        cam_small = torch.nn.functional.interpolate(vis["cam_small"][None].detach().float(), size=image.shape[1:])
+        writer.add_image("cam_small", cam_panel(image, cam_small[0].cpu().numpy(), label), step)
+
+
+@torch.no_grad()
+def evaluate(model, loader, device) -> dict[str, float]:
+    """Validation loss (L_cls only), averaged over images."""
+    model.eval()
+    total, count = 0.0, 0
+    for _, images, labels in loader:
+        cam = model(images.to(device))
+        total += classification_loss(cam, labels.to(device)).item() * len(images)
+        count += len(images)
+    return {"loss_cls": total / max(count, 1)}
+
+
+def main(args: argparse.Namespace) -> dict:
+    ids = load_img_id_list(args.train_list)
+    val_ids = load_img_id_list(args.val_list) if args.val_list else []
+    labels = load_or_build_cls_labels(args.voc12_root, ids + val_ids, args.cls_labels)
+    dataset = VOC12ClsDataset(
+        args.train_list, args.voc12_root, labels, TrainClsTransform(tuple(args.resize_long), args.crop_size)
+    )
+    val_fn = None
+    if args.val_list:
+        val_set = VOC12ClsDataset(args.val_list, args.voc12_root, labels, ValClsTransform(args.val_crop_size))
+        val_loader = DataLoader(val_set, batch_size=max(1, args.batch_size // args.accum_steps), shuffle=False,
+                                num_workers=args.num_workers)  # fmt: skip
+
+        def val_fn(model, device):
+            return evaluate(model, val_loader, device)
+
+    model = training.build_model(args)
+    return training.train(args, model, dataset, make_loss_fn(args.branch_rate, args.ser_weight), val_fn, vis_fn)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
