@@ -66,3 +66,19 @@ def dense_affinity_matrix(aff: torch.Tensor, h: int, w: int, radius: int = DEFAU
     dense[rows, cols] = aff.reshape(-1)
     dense[cols, rows] = aff.reshape(-1)
     return dense
+
+
+def affinity_loss(
+    aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor, eps: float = 1e-5
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``L = L_bg / 4 + L_fg / 4 + L_neg / 2`` (SPEC section 5).
+
+    ``L_bg``, ``L_fg``: mean ``-log(a + eps)`` over background / foreground positive
+    pairs; ``L_neg``: mean ``-log(1 + eps - a)`` over negative pairs. All tensors
+    are (N, n_pairs, n_from); the means run over the whole batch.
+    """
+    loss_bg = torch.sum(-bg_pos * torch.log(aff + eps)) / (torch.sum(bg_pos) + eps)
+    loss_fg = torch.sum(-fg_pos * torch.log(aff + eps)) / (torch.sum(fg_pos) + eps)
+    loss_neg = torch.sum(-neg * torch.log(1.0 + eps - aff)) / (torch.sum(neg) + eps)
+    loss = loss_bg / 4 + loss_fg / 4 + loss_neg / 2
+    return loss, {"loss_bg": loss_bg, "loss_fg": loss_fg, "loss_neg": loss_neg}

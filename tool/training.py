@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import logging
 import math
@@ -39,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from network import build_network
 from network.resnet38d import load_weights
 from tool import pyutils, torchutils
 from tool.fileio import atomic_path
@@ -82,11 +82,7 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
 
 def build_model(args: argparse.Namespace) -> torch.nn.Module:
     """``--network`` module's ``Net`` at ``--width_mult``, initialised from ``--weights``."""
-    try:
-        module = importlib.import_module(args.network)
-    except ModuleNotFoundError as e:
-        raise SystemExit(f"--network {args.network}: no such module ({e})") from None
-    model = module.Net(width_mult=args.width_mult)
+    model = build_network(args.network, args.width_mult)
     if args.weights:
         load_weights(model, args.weights, allow_missing_head=True)
     elif not args.from_scratch:

@@ -297,3 +297,19 @@ class VOC12AffDataset(Dataset):
             torch.from_numpy(fg_pos),
             torch.from_numpy(neg),
         )
+
+
+class VOC12ImageDataset(Dataset):
+    """Plain images of a list (or of ``ids``): items are ``(id, (H, W, 3) uint8 tensor)``."""
+
+    def __init__(self, list_path: str | os.PathLike, voc12_root: str | os.PathLike, ids: Sequence[str] | None = None):
+        self.ids = list(ids) if ids is not None else load_img_id_list(list_path)
+        self.voc12_root = Path(voc12_root)
+        _require_files({i: jpeg_path(voc12_root, i) for i in self.ids}, "JPEG image", list_path)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        image_id = self.ids[index]
+        return image_id, torch.from_numpy(np.array(load_rgb(jpeg_path(self.voc12_root, image_id))))

@@ -1,0 +1,49 @@
+"""Train AffinityNet from the CRF-refined CAMs (SPEC section 5).
+
+    python train_aff.py --voc12_root VOC2012 --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params \
+        --la_crf_dir out_crf_4.0 --ha_crf_dir out_crf_24.0
+
+Pair labels come from the confident regions of the low-alpha (foreground) and
+high-alpha (background) CRF scores; pairs in between are ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from network.resnet38_aff import affinity_loss
+from tool import training
+from voc12.data import VOC12AffDataset
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train AffinityNet (ResNet38) on CRF-refined CAM labels")
+    training.add_training_args(
+        parser, {"batch_size": 8, "max_epoches": 8, "network": "network.resnet38_aff", "session_name": "resnet38_aff"}
+    )
+    parser.add_argument("--la_crf_dir", type=str, required=True, help="low-alpha CRF folder (confident foreground)")
+    parser.add_argument("--ha_crf_dir", type=str, required=True, help="high-alpha CRF folder (confident background)")
+    parser.add_argument("--allow_pickle", action="store_true", help="read the reference's pickled .npy CRF files")
+    return parser
+
+
+def loss_fn(model, batch, device):
+    images, bg_pos, fg_pos, neg = (t.to(device, non_blocking=True) for t in batch)
+    aff = model(images)  # (N, 34, n_from)
+    loss, parts = affinity_loss(aff.float(), bg_pos, fg_pos, neg)
+    scalars = {k: v.item() for k, v in parts.items()}
+    scalars["loss"] = loss.item()
+    return loss, scalars, None
+
+
+def main(args: argparse.Namespace) -> dict:
+    dataset = VOC12AffDataset(
+        args.train_list, args.voc12_root, args.la_crf_dir, args.ha_crf_dir, crop_size=args.crop_size,
+        allow_pickle=args.allow_pickle,
+    )  # fmt: skip
+    model = training.build_model(args)
+    return training.train(args, model, dataset, loss_fn)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
