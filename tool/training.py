@@ -4,10 +4,10 @@ Both scripts train a ResNet38 head with the reference's poly-LR SGD, the same
 flags, checkpoints and logging; they differ only in the dataset, the loss and
 what they draw. So a script supplies those and calls ``train(...)``:
 
-- ``loss_fn(model, batch, device, amp) -> (loss, scalars, vis)``: the loss of one
+- ``loss_fn(model, batch, device) -> (loss, scalars, vis)``: the loss of one
   (micro-)batch, a dict of floats to log, and an optional dict of tensors for
   ``vis_fn``;
-- ``val_fn(model) -> dict`` (optional): evaluated after every epoch on rank 0;
+- ``val_fn(model, device) -> dict`` (optional): evaluated after every epoch on rank 0;
 - ``vis_fn(writer, vis, step)`` (optional): TensorBoard images.
 
 Single process, DataParallel (one process, several GPUs) and DDP (torchrun)
@@ -18,7 +18,9 @@ Resumption: every epoch draws its sample order and augmentation seeds from
 ``(seed, epoch)`` alone, so a run resumed from an epoch checkpoint is identical
 to an uninterrupted one. A run stopped mid-epoch (``--max_steps``, a kill
 after the last checkpoint) resumes at the recorded step; its remaining batches
-keep their order but not their augmentation draws.
+keep their order, and with ``--num_workers 0`` their augmentation and dropout
+draws too (the checkpoint holds the RNG states), so it is exact as well; with
+workers the augmentation draws differ (each worker's stream restarts).
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
 
 def build_model(args: argparse.Namespace) -> torch.nn.Module:
     """``--network`` module's ``Net`` at ``--width_mult``, initialised from ``--weights``."""
+    # Seeded here so that --seed fixes the new layers' random init, whatever ran before in this process.
+    torchutils.seed_everything(args.seed)
     model = build_network(args.network, args.width_mult)
     if args.weights:
         load_weights(model, args.weights, allow_missing_head=True)
@@ -91,13 +95,15 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
 
 
 class _EpochSampler(Sampler):
-    """A fixed permutation of the dataset for one epoch (this rank's share), started at ``offset`` samples."""
+    """A fixed permutation of the dataset for one epoch (this rank's share), samples ``offset`` to ``stop``."""
 
-    def __init__(self, dataset_len: int, seed: int, epoch: int, rank: int, world: int, offset: int = 0):
+    def __init__(
+        self, dataset_len: int, seed: int, epoch: int, rank: int, world: int, offset: int = 0, stop: int | None = None
+    ):
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(dataset_len, generator=g).tolist()
         usable = dataset_len // world * world  # equal shares keep DDP ranks in step
-        self.indices = order[rank:usable:world][offset:]
+        self.indices = order[rank:usable:world][offset:stop]
 
     def __iter__(self):
         return iter(self.indices)
@@ -160,11 +166,14 @@ def train(
     start_step = 0
     resume_rng = None
     resume = args.resume
+    # A finished run keeps its checkpoint too, so the final file is checked first.
+    if resume is None and paths["final"].exists() and not args.overwrite:
+        raise SystemExit(f"{paths['final']} exists; pass --overwrite to train again")
     if resume is None and paths["checkpoint"].exists() and not args.overwrite:
         resume = paths["checkpoint"]
         logger.info("found %s: resuming (pass --overwrite to start afresh)", resume)
-    if resume is None and paths["final"].exists() and not args.overwrite:
-        raise SystemExit(f"{paths['final']} exists; pass --overwrite to train again")
+    if resume is None and main:
+        paths["jsonl"].unlink(missing_ok=True)  # a fresh run must not append to an old run's epoch log
     if resume is not None:
         ckpt = torchutils.load_checkpoint(resume)
         model.load_state_dict(ckpt["model"])
@@ -193,7 +202,10 @@ def train(
             if offset and resume_rng is not None:
                 torchutils.set_rng_state(resume_rng)  # continue the stopped epoch's random stream
             resume_rng = None
-            sampler = _EpochSampler(len(dataset), args.seed, epoch, rank, world, offset * per_rank)
+            # Only the batches this run trains: fetching one more would spend its augmentation draws
+            # before the checkpoint records the RNG state, and a resumed run would then differ.
+            end = min(steps_per_epoch, stop_step - epoch * steps_per_epoch)
+            sampler = _EpochSampler(len(dataset), args.seed, epoch, rank, world, offset * per_rank, end * per_rank)
             loader = DataLoader(
                 dataset, batch_size=per_rank, sampler=sampler, num_workers=args.num_workers, drop_last=True,
                 pin_memory=device.type == "cuda", worker_init_fn=torchutils.seed_worker,
