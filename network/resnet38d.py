@@ -155,6 +155,41 @@ class Net(nn.Module):
                 m.eval()
         return self
 
+    def init_backbone_from_scratch(self) -> None:
+        """He-normal init of the backbone convolutions, for training without ImageNet weights.
+
+        PyTorch's default conv init shrinks activations by ~sqrt(3) per layer; with
+        BatchNorm frozen there is nothing to undo that, and conv6 of a randomly
+        initialised ResNet38 is ~0 (no gradient reaches the head).
+        """
+        new_modules = {id(m) for name in self.new_layer_names for m in getattr(self, name).modules()}
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and id(m) not in new_modules:
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+
+    @torch.no_grad()
+    def calibrate_batchnorm(self, forward_batches) -> None:
+        """Set every BatchNorm's running statistics from data, for training without ImageNet weights.
+
+        The reference freezes BN at its ImageNet statistics; from scratch those are
+        the identity (mean 0, var 1), so we estimate them once, before training, as
+        the cumulative average over ``forward_batches()`` (an iterable of callables
+        that each run a forward pass) with BN in training mode. They stay frozen after.
+        """
+        bns = [m for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative moving average
+        was_training = self.training
+        self.eval()
+        for bn in bns:
+            bn.train()
+        for run_forward in forward_batches:
+            run_forward()
+        for bn in bns:
+            bn.momentum = 0.1
+        self.train(was_training)
+
     def parameter_groups(self) -> list[list[nn.Parameter]]:
         """Trainable Conv2d parameters split as SPEC section 2:
         [pretrained weights, pretrained biases, new-layer weights, new-layer biases]."""

@@ -62,7 +62,14 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
         help="SGD momentum; default: equal to --wt_dec, the reference's positional-argument quirk (0.9 fixes it)",
     )  # fmt: skip
     parser.add_argument("--weights", type=str, default=None, help="init weights: MXNet .params or a .pth state dict")
-    parser.add_argument("--from_scratch", action="store_true", help="train without --weights (random init)")
+    parser.add_argument(
+        "--from_scratch", action="store_true",
+        help="train without --weights: He init and BatchNorm statistics estimated from data (see --bn_calib_batches)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--bn_calib_batches", type=int, default=8,
+        help="with --from_scratch: batches used to estimate the frozen BatchNorm statistics (0 keeps mean 0, var 1)",
+    )  # fmt: skip
     parser.add_argument("--train_list", type=str, default="voc12/train_aug.txt", help="list of training images")
     parser.add_argument("--session_name", type=str, default=d["session_name"], help="output path prefix")
     parser.add_argument("--crop_size", type=int, default=448, help="random crop side, pixels")
@@ -89,9 +96,22 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
     model = build_network(args.network, args.width_mult)
     if args.weights:
         load_weights(model, args.weights, allow_missing_head=True)
-    elif not args.from_scratch:
+    elif args.from_scratch:
+        model.init_backbone_from_scratch()
+    else:
         raise SystemExit("--weights is required (ImageNet ResNet38 .params or a .pth); --from_scratch trains without")
     return model
+
+
+def calibrate_batchnorm(model, dataset, loss_fn, device, args) -> None:
+    """From scratch only: estimate the frozen BatchNorm statistics on ``--bn_calib_batches`` batches."""
+    g = torch.Generator().manual_seed(args.seed)
+    n_images = min(len(dataset), args.bn_calib_batches * args.batch_size)
+    indices = torch.randperm(len(dataset), generator=g)[:n_images].tolist()
+    loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=args.batch_size,
+                        num_workers=args.num_workers, worker_init_fn=torchutils.seed_worker, generator=g)  # fmt: skip
+    model.calibrate_batchnorm(lambda batch=batch: loss_fn(model, batch, device) for batch in loader)
+    logger.info("BatchNorm statistics estimated from %d training images (--from_scratch)", n_images)
 
 
 class _EpochSampler(Sampler):
@@ -182,6 +202,8 @@ def train(
         start_step = ckpt["step"]
         resume_rng = ckpt["rng"] if not ckpt["epoch_done"] else None
         logger.info("resumed from %s at step %d / %d", resume, start_step, max_step)
+    elif args.from_scratch and not args.weights and args.bn_calib_batches > 0:
+        calibrate_batchnorm(model, dataset, loss_fn, device, args)  # before DDP, which broadcasts rank 0's
 
     ddp_model = torchutils.wrap_model(model, device)
     ddp_model.train()
