@@ -172,3 +172,23 @@ def test_parameter_groups_partition_trainable_conv_params(net_cls):
     new = {id(p) for name in model.new_layer_names for p in getattr(model, name).parameters()}
     assert {id(p) for p in groups[2]} == new
     assert groups[1] == [] and groups[3] == []  # no conv has a bias in these networks
+
+
+def test_from_scratch_init_and_bn_calibration_keep_conv6_alive():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 48, 48)
+    default = resnet38_cls_ser.Net(width_mult=SMALL).eval()
+    with torch.no_grad():
+        std_default = default.forward_as_dict(x)["conv6"].std().item()
+    model = resnet38_cls_ser.Net(width_mult=SMALL)
+    model.init_backbone_from_scratch()
+    fc8_before = model.fc8.weight.clone()
+    model.calibrate_batchnorm(lambda: model(x) for _ in range(2))
+    torch.testing.assert_close(model.fc8.weight, fc8_before)  # the head keeps its own init
+    assert not model.training and all(not bn.training for bn in _bn_modules(model))
+    assert model.bn7.momentum == 0.1 and float(model.bn7.running_var.mean()) != 1.0
+    with torch.no_grad():
+        conv6 = model.forward_as_dict(x)["conv6"]
+    # PyTorch's default init leaves conv6 ~0 (measured ~0.004); He init + data statistics give ~unit scale.
+    assert std_default < 0.02
+    assert 0.2 < conv6.std().item() < 3.0
