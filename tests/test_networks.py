@@ -185,7 +185,7 @@ def test_from_scratch_init_and_bn_calibration_keep_conv6_alive():
     fc8_before = model.fc8.weight.clone()
     model.calibrate_batchnorm(lambda: model(x) for _ in range(2))
     torch.testing.assert_close(model.fc8.weight, fc8_before)  # the head keeps its own init
-    assert not model.training and all(not bn.training for bn in _bn_modules(model))
+    assert model.training and all(not bn.training for bn in _bn_modules(model))  # mode restored, BN frozen
     assert model.bn7.momentum == 0.1 and float(model.bn7.running_var.mean()) != 1.0
     with torch.no_grad():
         conv6 = model.forward_as_dict(x)["conv6"]
