@@ -1,0 +1,384 @@
+"""SSENet CAM inference: multi-scale flipped CAMs, CAM predictions and low/high-alpha CRF scores (SPEC section 4).
+
+    python infer_cls_ser.py --weights resnet38_cls_ser.pth --infer_list voc12/train.txt --voc12_root VOC2012 \
+        --out_cam out_cam --out_crf out_crf --out_cam_pred out_cam_pred
+    torchrun --nproc_per_node 4 infer_cls_ser.py ...   # the list is split across ranks
+
+Per image, the original and its horizontal flip at every scale go through the
+network as one batch of two; each CAM is rectified, resized to the image,
+restricted to the image's classes and un-flipped, the eight maps are summed
+and each class is divided by its spatial maximum (:func:`infer_cams`).
+
+Outputs, one file per image and kind, each written atomically:
+
+- ``--out_cam``: ``<id>.npz``, keys = 0-based indices of the present classes,
+  scores = their normalised CAMs (K, H, W);
+- ``--out_cam_pred``: ``<id>.png``, palette PNG of argmax over
+  [``--bg_score``, 20 normalised CAMs] (0 = background, k + 1 = class k);
+- ``--out_crf``: ``<out_crf>_<alpha>/<id>.npz`` for each ``--crf_alphas``,
+  keys 0 (background) and k + 1, scores = dense-CRF marginals;
+- ``--out_vis``: ``<id>.png``, the image beside one CAM overlay per present class.
+
+The dense CRF runs on CPU in ``--crf_workers`` processes while the network
+computes the next images; the workers write the CRF files themselves. On a
+CPU device the network gives up one torch thread per CRF worker, because an
+oversubscribed OpenMP pool spins (measured 10x slower on 2 cores). An image
+whose requested outputs all exist is skipped (``--overwrite`` redoes it). A
+killed run can leave hidden ``.<id>.*.tmp.*`` files in the output folders,
+never a partial ``<id>.npz``/``<id>.png``; the next run deletes the leftovers
+of the images it recomputes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from network import build_network
+from network.resnet38d import load_weights
+from tool import pyutils, torchutils
+from tool.camutils import max_norm
+from tool.crf import crf_scores_with_alpha
+from tool.fileio import SCORE_DTYPES, atomic_path, save_png, save_scores
+from tool.visualization import cam_overlay
+from voc12.data import MSF_SCALES, VOC12ClsDatasetMSF
+from voc12.make_cls_labels import load_or_build_cls_labels
+from voc12.voc import load_img_id_list, voc_palette
+
+logger = logging.getLogger(__name__)
+
+CRF_ALPHAS = (4.0, 24.0)
+BG_SCORE = 0.2
+
+
+def default_crf_workers() -> int:
+    """One CPU of this rank's share is left for the network and the data loader."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, cpus // ranks_here - 1)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="SSENet CAM inference: CAMs, CAM predictions, CRF scores")
+    parser.add_argument("--weights", type=str, required=True, help="trained SSENet state dict (.pth)")
+    parser.add_argument("--network", type=str, default="network.resnet38_cls_ser", help="network module, dotted name")
+    parser.add_argument(
+        "--width_mult", type=float, default=1.0, help="channel width multiplier the weights were trained with"
+    )
+    parser.add_argument("--infer_list", type=str, default="voc12/train.txt", help="list of images to process")
+    parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder (JPEGImages, ...)")
+    parser.add_argument("--cls_labels", type=str, default="voc12/cls_labels.npz", help="image-level label cache (.npz)")
+    parser.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes per rank")
+    parser.add_argument(
+        "--scales", type=float, nargs="+", default=list(MSF_SCALES),
+        help="input scales, each run with its horizontal flip (reference: 1.0 0.5 1.5 2.0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out_cam", type=str, default=None, help="folder for <id>.npz normalised CAMs of present classes"
+    )
+    parser.add_argument("--out_cam_pred", type=str, default=None, help="folder for <id>.png CAM argmax predictions")
+    parser.add_argument(
+        "--out_crf", type=str, default=None,
+        help="folder prefix for CRF scores: <out_crf>_<alpha>/<id>.npz, one folder per --crf_alphas value",
+    )  # fmt: skip
+    parser.add_argument("--out_vis", type=str, default=None, help="folder for <id>.png CAM overlays (image + classes)")
+    parser.add_argument(
+        "--bg_score", type=float, default=BG_SCORE,
+        help="constant background score of --out_cam_pred, against CAMs in [0, 1] (reference: 0.2)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--crf_alphas", type=float, nargs="+", default=list(CRF_ALPHAS),
+        help="background powers of the CRF scores, bg = (1 - max cam) ** alpha (reference: 4 24)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--crf_workers", type=int, default=default_crf_workers(),
+        help="processes running the dense CRF beside the network; 0 runs it in line; on a CPU device the network "
+        "keeps the other torch threads (default: CPUs per rank - 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--score_dtype", type=str, choices=sorted(SCORE_DTYPES), default="float16",
+        help="dtype of the stored CAM and CRF scores",
+    )  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs all exist already")
+    torchutils.add_device_args(parser)
+    return parser
+
+
+# --------------------------------------------------------------------------- the method
+
+
+@torch.inference_mode()
+def infer_cams(
+    model: torch.nn.Module,
+    inputs: list[torch.Tensor],
+    label: torch.Tensor | np.ndarray,
+    size: tuple[int, int],
+    device: torch.device,
+    amp: bool = False,
+) -> np.ndarray:
+    """Multi-scale, flip-averaged, max-normalised CAMs of one image: (20, H, W) float32 in [0, 1].
+
+    ``inputs`` holds one (2, 3, h_s, w_s) tensor per scale (the scaled image and
+    its horizontal flip), ``label`` the (20,) image-level label and ``size`` the
+    original (H, W). Absent classes are 0.
+    """
+    label = torch.as_tensor(label)
+    present = torch.nonzero(label > 0).flatten()
+    height, width = size
+    cam_sum = torch.zeros((present.numel(), height, width), device=device)  # (K, H, W)
+    if present.numel() > 0:
+        present_dev = present.to(device)
+        for pair in inputs:
+            with torchutils.autocast(device, amp):
+                cam = model(pair.to(device, non_blocking=True))  # (2, 20, h_s, w_s)
+            # Absent classes are zeroed anyway: dropping them before the resize saves its work (it is per channel).
+            cam = F.relu(cam.index_select(1, present_dev).float())
+            cam = F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)
+            cam_sum += cam[0] + cam[1].flip(-1)
+    norm_cam = torch.zeros((label.numel(), height, width))
+    norm_cam[present] = max_norm(cam_sum).cpu()
+    return norm_cam.numpy()
+
+
+def cam_prediction(norm_cam: np.ndarray, bg_score: float = BG_SCORE) -> np.ndarray:
+    """(H, W) uint8 label map: argmax over [constant background score, 20 CAMs] (ties go to background)."""
+    background = np.full((1, *norm_cam.shape[1:]), bg_score, dtype=norm_cam.dtype)
+    return np.concatenate([background, norm_cam]).argmax(axis=0).astype(np.uint8)
+
+
+def cam_visualization(image: np.ndarray, cams: np.ndarray) -> np.ndarray:
+    """The (H, W, 3) uint8 image beside one overlay per map of ``cams`` (K, H, W): (H, (K + 1) W, 3) uint8."""
+    return np.concatenate([image, *(cam_overlay(image, cam) for cam in cams)], axis=1)
+
+
+def write_crf(
+    path: Path, image: np.ndarray, keys: np.ndarray, cams: np.ndarray, alpha: float, score_dtype: str
+) -> None:
+    """CRF scores of one image for one alpha, written to ``path`` (runs in a worker process)."""
+    crf_keys, scores = crf_scores_with_alpha(image, keys, cams, alpha)
+    save_scores(path, crf_keys, scores, score_dtype)
+
+
+def _save_rgb_png(path: Path, image: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+# --------------------------------------------------------------------------- outputs on disk
+
+
+def crf_dir(out_crf: str, alpha: float) -> Path:
+    """``<out_crf>_<alpha>`` with alpha written as a float (``out_crf_4.0``), as the reference names them."""
+    return Path(f"{out_crf}_{float(alpha)}")
+
+
+def output_paths(args: argparse.Namespace, image_id: str) -> dict[str, Path]:
+    """Every file requested for ``image_id``, by kind (``cam``, ``cam_pred``, ``crf_<alpha>``, ``vis``)."""
+    paths = {}
+    if args.out_cam:
+        paths["cam"] = Path(args.out_cam) / f"{image_id}.npz"
+    if args.out_cam_pred:
+        paths["cam_pred"] = Path(args.out_cam_pred) / f"{image_id}.png"
+    if args.out_crf:
+        for alpha in args.crf_alphas:
+            paths[f"crf_{float(alpha)}"] = crf_dir(args.out_crf, alpha) / f"{image_id}.npz"
+    if args.out_vis:
+        paths["vis"] = Path(args.out_vis) / f"{image_id}.png"
+    return paths
+
+
+def remove_stale_temps(folders: set[Path], image_ids: set[str]) -> int:
+    """Delete the hidden temporary files a killed run left for ``image_ids``; returns how many.
+
+    ``tool.fileio.atomic_path`` names them ``.<id>.<random>.tmp<suffix>`` (the random part has no dot).
+    Only ids about to be recomputed are touched, so other ranks' files in flight are safe.
+    """
+    removed = 0
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            name = entry.name
+            if not name.startswith(".") or ".tmp" not in name:
+                continue
+            stem = name[1:].rpartition(".tmp")[0].rpartition(".")[0]
+            if stem in image_ids:
+                os.remove(entry.path)
+                removed += 1
+    return removed
+
+
+# --------------------------------------------------------------------------- CRF worker pool
+
+
+class CrfPool:
+    """Runs :func:`write_crf` jobs in worker processes, with at most ``max_pending`` queued or running.
+
+    The bound keeps memory flat when the network outpaces the CRF: ``submit``
+    blocks until a job finishes. ``workers = 0`` runs each job in line.
+    A failed job re-raises in the main process at the next ``submit`` or ``close``.
+    """
+
+    def __init__(self, workers: int, max_pending: int | None = None) -> None:
+        self.executor = None
+        self.workers = workers
+        self.pending: dict[Future, Path] = {}
+        self.max_pending = max_pending or 2 * workers + 2
+        if workers > 0:
+            # fork is cheap (no re-import of torch) and safe: the workers start here, before the network and the
+            # data loader run threads, and they never touch torch or CUDA. Other platforms get spawn.
+            method = "fork" if sys.platform.startswith("linux") else "spawn"
+            self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+            self.executor.submit(int).result()  # with fork, every worker starts at the first submit: now
+
+    def submit(self, path: Path, *job) -> None:
+        if self.executor is None:
+            write_crf(path, *job)
+            return
+        while len(self.pending) >= self.max_pending:
+            self._collect(wait(self.pending, return_when=FIRST_COMPLETED).done)
+        self.pending[self.executor.submit(write_crf, path, *job)] = path
+
+    def _collect(self, futures) -> None:
+        for future in futures:
+            path = self.pending.pop(future)
+            try:
+                future.result()
+            except Exception as e:
+                raise RuntimeError(f"CRF worker failed writing {path}: {e}") from e
+
+    def close(self) -> None:
+        """Wait for every job; raise the first failure."""
+        self._collect(wait(self.pending).done)
+
+    def __enter__(self) -> CrfPool:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.executor is not None:
+            # On an error, drop queued jobs; running ones finish their file (or remove their temp file).
+            self.executor.shutdown(wait=True, cancel_futures=exc_type is not None)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def load_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    model = build_network(args.network, args.width_mult)
+    load_weights(model, args.weights, allow_missing_head=False)
+    return model.eval().to(device)
+
+
+def _sum_over_ranks(values: list[int]) -> list[int]:
+    if not torchutils.is_distributed():
+        return values
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    counts = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(counts)
+    return counts.tolist()
+
+
+def write_outputs(args: argparse.Namespace, item: dict, norm_cam: np.ndarray, crf_pool: CrfPool) -> None:
+    """Every requested file of one image; the CRF ones are queued to the worker pool first so they overlap."""
+    image = item["image"].numpy()  # (H, W, 3) uint8
+    keys = np.flatnonzero(item["label"].numpy() > 0)
+    cams = norm_cam[keys]  # (K, H, W), present classes only
+    paths = output_paths(args, item["id"])
+    for alpha in args.crf_alphas if args.out_crf else ():
+        crf_pool.submit(paths[f"crf_{float(alpha)}"], image, keys, cams, alpha, args.score_dtype)
+    if args.out_cam:
+        save_scores(paths["cam"], keys, cams, args.score_dtype)
+    if args.out_cam_pred:
+        save_png(paths["cam_pred"], cam_prediction(norm_cam, args.bg_score), voc_palette())
+    if args.out_vis:
+        _save_rgb_png(paths["vis"], cam_visualization(image, cams))
+
+
+def run_images(args: argparse.Namespace, ids: list[str], todo: list[int], device: torch.device, is_main: bool) -> int:
+    """CAMs and outputs of ``ids[i]`` for ``i`` in ``todo``; returns how many images were processed."""
+    threads = torch.get_num_threads()
+    with CrfPool(args.crf_workers if args.out_crf else 0) as crf_pool:
+        labels = load_or_build_cls_labels(args.voc12_root, ids, args.cls_labels)
+        dataset = Subset(VOC12ClsDatasetMSF(args.infer_list, args.voc12_root, labels, args.scales), todo)
+        # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
+        loader = DataLoader(dataset, batch_size=None, num_workers=args.num_workers, pin_memory=device.type == "cuda")
+        model = load_model(args, device)
+        if device.type == "cpu" and crf_pool.workers:
+            # The CRF processes take CPUs from the network, and an oversubscribed OpenMP pool spins: give them up.
+            torch.set_num_threads(max(1, threads - crf_pool.workers))
+        done = 0
+        try:
+            with logging_redirect_tqdm():
+                for item in tqdm(loader, desc="CAM inference", disable=not is_main):
+                    size = tuple(item["image"].shape[:2])
+                    norm_cam = infer_cams(model, item["inputs"], item["label"], size, device, args.amp)
+                    write_outputs(args, item, norm_cam, crf_pool)
+                    done += 1
+            crf_pool.close()
+        finally:
+            torch.set_num_threads(threads)
+    return done
+
+
+def main(args: argparse.Namespace) -> dict:
+    start = time.perf_counter()
+    joined_here = not torchutils.is_distributed() and torchutils.init_distributed()
+    is_main = torchutils.is_main_process()
+    pyutils.setup_logger(None, is_main)
+    device = torchutils.get_device(args.device)
+    logger.info("args: %s", json.dumps(vars(args), default=str))
+    logger.info(
+        "git %s, torch %s, device %s, world size %d",
+        pyutils.git_sha(), torch.__version__, device, torchutils.get_world_size(),
+    )  # fmt: skip
+    if not (args.out_cam or args.out_cam_pred or args.out_crf or args.out_vis):
+        raise SystemExit("nothing to write: give at least one of --out_cam, --out_cam_pred, --out_crf, --out_vis")
+    if args.out_crf and not args.crf_alphas:
+        raise SystemExit("--out_crf needs at least one --crf_alphas value")
+    if args.crf_workers < 0:
+        raise SystemExit(f"--crf_workers must be >= 0, got {args.crf_workers}")
+
+    # ---- this rank's images, minus the finished ones (decided before any image is read)
+    ids = load_img_id_list(args.infer_list)
+    mine = torchutils.shard(list(range(len(ids))))
+    todo = [i for i in mine if args.overwrite or not all(p.exists() for p in output_paths(args, ids[i]).values())]
+    skipped = len(mine) - len(todo)
+    if skipped:
+        logger.info("%d of %d images already have every output; skipping them (--overwrite redoes them)",
+                    skipped, len(mine))  # fmt: skip
+    folders = {p.parent for p in output_paths(args, ids[0]).values()}
+    removed = remove_stale_temps(folders, {ids[i] for i in todo})
+    if removed:
+        logger.info("removed %d temporary files left by an interrupted run", removed)
+
+    done = run_images(args, ids, todo, device, is_main) if todo else 0
+
+    done, skipped = _sum_over_ranks([done, skipped])
+    seconds = time.perf_counter() - start
+    logger.info(
+        "CAM inference: %d images done, %d skipped (outputs present), %.1f s (%.3f s per image done)",
+        done, skipped, seconds, seconds / max(done, 1),
+    )  # fmt: skip
+    if joined_here:
+        dist.destroy_process_group()
+    return {"images": len(ids), "done": done, "skipped": skipped, "seconds": seconds}
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
