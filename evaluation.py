@@ -1,0 +1,272 @@
+"""Evaluate predicted masks or CAM score files against VOC ground truth (SPEC section 7).
+
+Scores are the reference's: per pixel with ground truth != 255, counts over the
+21 classes accumulated over the list; IoU_c = TP / (T + P - TP + 1e-10) and the
+mIoU is the mean over all 21 classes (maths in ``tool/metrics.py``).
+
+``--type png`` reads prediction masks (class indices, palette or grey PNGs).
+A prediction pixel of 255 is kept as the reference counts it: it adds to T of
+its ground-truth class and to no P, i.e. it is a miss. ``--type npy`` reads CAM
+score files (ours: ``.npz``; the reference's pickled ``.npy`` with
+``--allow_pickle``) and predicts background unless the best present class
+scores strictly above ``--t``; ``--curve`` scores every t in 0.00..0.59 in one
+pass over the files.
+
+Torch-free: this script must not import torch (it runs on machines without it
+and starts fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import multiprocessing
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from tool.fileio import atomic_write_text, load_label_png, load_scores, score_file
+from tool.metrics import cam_threshold_confusions, confusion, scores_from_confusion
+from voc12.voc import CAT_NAMES_WITH_BG, IGNORE_INDEX, NUM_CLASSES, load_img_id_list
+
+CURVE_THRESHOLDS = tuple(i / 100 for i in range(60))  # the reference's curve: t = 0.00, 0.01, ..., 0.59
+DEFAULT_LIST = Path(__file__).resolve().parent / "voc12" / "train.txt"
+T = TypeVar("T")
+
+
+class EvaluationError(ValueError):
+    """A bad input (missing file, size mismatch, invalid value); the message names the file."""
+
+
+def _usable_cpus() -> int:
+    # Respects taskset / container CPU sets where the platform reports them.
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="mIoU of predicted masks or CAM score files (SPEC section 7)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--list", default=str(DEFAULT_LIST), type=str,
+        help="image list: bare ids or /JPEGImages/<id>.jpg lines",
+    )  # fmt: skip
+    parser.add_argument("--predict_dir", default="out_rw", type=str, help="folder of <id>.png masks or score files")
+    parser.add_argument(
+        "--gt_dir", default="VOC2012/SegmentationClass", type=str,
+        help="folder of ground-truth <id>.png palette masks (class indices, 255 = void)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--logfile", default="evallog.txt", type=str,
+        help="append one timestamped line with the comment and mIoU here ('' = no log)",
+    )  # fmt: skip
+    parser.add_argument("--comment", default="", type=str, help="free text written to the log line")
+    parser.add_argument(
+        "--type", default="png", choices=["png", "npy"], type=str,
+        help="png: prediction masks; npy: CAM score files scored with a background threshold (--t or --curve)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--t", default=None, type=float,
+        help="background threshold for --type npy: background unless a present class scores above t",
+    )  # fmt: skip
+    parser.add_argument(
+        "--curve", action="store_true",
+        help="--type npy: score every t in 0.00..0.59 (step 0.01) in one pass, report the best",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allow_pickle", action="store_true",
+        help="--type npy: also read the reference's pickled <id>.npy dicts when no <id>.npz exists",
+    )  # fmt: skip
+    parser.add_argument("--json", default=None, type=str, help="also write the results as JSON to this path")
+    parser.add_argument(
+        "--num_workers", default=_usable_cpus(), type=int,
+        help="processes decoding files in parallel (0 or 1: in this process); default: the CPUs this process may use",
+    )  # fmt: skip
+    return parser
+
+
+def image_confusion(
+    image_id: str,
+    predict_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    pred_type: str = "png",
+    thresholds: tuple[float, ...] = (),
+    allow_pickle: bool = False,
+) -> np.ndarray:
+    """Confusion of one image, (N, 21, 22) int64: N = 1 for png, one per threshold for npy.
+
+    Raises :class:`EvaluationError` naming the file for any bad input.
+    """
+    gt_path = Path(gt_dir) / f"{image_id}.png"
+    gt = _read(load_label_png, gt_path, "ground truth")
+    if pred_type == "png":
+        pred_path = Path(predict_dir) / f"{image_id}.png"
+        pred = _read(load_label_png, pred_path, "prediction")
+        if pred.shape != gt.shape:
+            raise EvaluationError(f"{pred_path}: prediction is {pred.shape} but ground truth {gt_path} is {gt.shape}")
+        try:
+            return confusion(gt, pred, NUM_CLASSES, IGNORE_INDEX)[None]
+        except ValueError as e:  # an out-of-range value; the message says in which of the two
+            raise EvaluationError(f"{pred_path} (ground truth {gt_path}): {e}") from None
+    pred_path = score_file(predict_dir, image_id, allow_pickle)
+    if not pred_path.is_file() and allow_pickle:
+        raise EvaluationError(f"score file not found: {pred_path.with_suffix('.npz')} (nor {pred_path})")
+    keys, scores = _read(functools.partial(load_scores, allow_pickle=allow_pickle), pred_path, "score file")
+    try:
+        return cam_threshold_confusions(gt, keys, scores, thresholds, NUM_CLASSES, IGNORE_INDEX)
+    except ValueError as e:
+        raise EvaluationError(f"{pred_path} (ground truth {gt_path}): {e}") from None
+
+
+def _read(loader: Callable[[Path], T], path: Path, what: str) -> T:
+    if not path.is_file():
+        raise EvaluationError(f"{what} not found: {path}")
+    try:
+        return loader(path)
+    except (OSError, ValueError) as e:
+        raise EvaluationError(f"{path}: cannot read {what}: {e}") from None
+
+
+def _chunk_confusion(image_ids: list[str], **kwargs) -> np.ndarray:
+    total = image_confusion(image_ids[0], **kwargs)
+    for image_id in image_ids[1:]:
+        total += image_confusion(image_id, **kwargs)
+    return total
+
+
+def evaluate(
+    image_ids: list[str],
+    predict_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    pred_type: str = "png",
+    thresholds: tuple[float, ...] = (),
+    allow_pickle: bool = False,
+    num_workers: int = 0,
+) -> np.ndarray:
+    """Confusion summed over ``image_ids``, (N, 21, 22) int64 (see :func:`image_confusion`).
+
+    With ``num_workers`` > 1 the images are split into chunks decoded by a
+    process pool (decoding dominates; each chunk returns one summed matrix).
+    Integer sums do not depend on the order, so the result equals the serial one.
+    """
+    if not image_ids:
+        raise EvaluationError("the image list is empty")
+    work = functools.partial(
+        _chunk_confusion,
+        predict_dir=predict_dir,
+        gt_dir=gt_dir,
+        pred_type=pred_type,
+        thresholds=tuple(thresholds),
+        allow_pickle=allow_pickle,
+    )
+    if num_workers <= 1:
+        return work(image_ids)
+    # Small chunks keep the workers busy to the end (the last chunk is the idle
+    # time), while the per-chunk cost of passing ids and a matrix stays negligible.
+    chunk_size = max(1, min(16, len(image_ids) // (4 * num_workers)))
+    chunks = [image_ids[i : i + chunk_size] for i in range(0, len(image_ids), chunk_size)]
+    with multiprocessing.Pool(min(num_workers, len(chunks))) as pool:
+        return sum(pool.imap_unordered(work, chunks))
+
+
+def summarize(conf: np.ndarray) -> dict:
+    """JSON-ready scores of one confusion matrix: IoU, mIoU, precision, recall in percent; the
+    reference's T/TP, P/TP, FP/ALL, FN/ALL (foreground means) as plain ratios."""
+    scores = scores_from_confusion(conf)
+    per_class = {
+        key: dict(zip(CAT_NAMES_WITH_BG, (100 * scores[key]).tolist(), strict=True))
+        for key in ("IoU", "precision", "recall")
+    }
+    return {
+        "mIoU": 100 * scores["mIoU"],
+        "mIoU_foreground": 100 * scores["mIoU_foreground"],
+        "IoU": per_class["IoU"],
+        "T/TP": scores["T/TP"],
+        "P/TP": scores["P/TP"],
+        "FP/ALL": scores["FP/ALL"],
+        "FN/ALL": scores["FN/ALL"],
+        "precision": per_class["precision"],
+        "recall": per_class["recall"],
+    }
+
+
+def format_table(result: dict) -> str:
+    """The reference's printout: class IoUs two per line, then the mIoU and the diagnostics."""
+    cells = [f"{name:>11s}:{iou:7.3f}%" for name, iou in result["IoU"].items()]
+    lines = ["\t".join(cells[i : i + 2]) for i in range(0, len(cells), 2)]
+    lines.append("=" * 54)
+    lines.append(f"{'mIoU':>11s}:{result['mIoU']:7.3f}%")
+    lines.append(f"{'fg mIoU':>11s}:{result['mIoU_foreground']:7.3f}%")
+    lines.append("  ".join(f"{key} {result[key]:.4f}" for key in ("T/TP", "P/TP", "FP/ALL", "FN/ALL")))
+    return "\n".join(lines)
+
+
+def append_log(logfile: str | os.PathLike, comment: str, summary: str) -> None:
+    """One line per run, appended: timestamp, summary, comment (newlines flattened to keep it one line)."""
+    stamp = datetime.datetime.now().isoformat(sep=" ", timespec="seconds")
+    line = "\t".join([stamp, summary, " ".join(comment.split())])
+    Path(logfile).parent.mkdir(parents=True, exist_ok=True)
+    with open(logfile, "a") as f:
+        f.write(line + "\n")
+
+
+def main(args: argparse.Namespace) -> dict:
+    if args.type == "png" and (args.t is not None or args.curve or args.allow_pickle):
+        raise EvaluationError("--t, --curve and --allow_pickle only apply to --type npy")
+    if args.type == "npy" and args.t is None and not args.curve:
+        raise EvaluationError("--type npy needs a background threshold: --t T or --curve")
+    if args.t is not None and args.curve:
+        raise EvaluationError("give either --t or --curve, not both")
+    if args.t is not None and not args.t >= 0:
+        raise EvaluationError(f"--t must be >= 0 (absent classes score 0 in the reference), got {args.t}")
+    try:
+        image_ids = load_img_id_list(args.list)
+    except (OSError, ValueError) as e:
+        raise EvaluationError(f"--list: {e}") from None
+
+    thresholds = CURVE_THRESHOLDS if args.curve else (args.t,) if args.type == "npy" else ()
+    conf = evaluate(
+        image_ids, args.predict_dir, args.gt_dir, args.type, thresholds, args.allow_pickle, args.num_workers
+    )
+
+    if args.curve:
+        curve = [{"t": t, **summarize(c)} for t, c in zip(thresholds, conf, strict=True)]
+        best = int(np.argmax([point["mIoU"] for point in curve]))  # first best: the lowest t on ties
+        print(f"{'t':>5s} {'mIoU':>8s} {'fg mIoU':>8s}")
+        for point in curve:
+            print(f"{point['t']:5.2f} {point['mIoU']:7.3f}% {point['mIoU_foreground']:7.3f}%")
+        result = {**summarize(conf[best]), "t": thresholds[best], "best_t": thresholds[best]}
+        result["curve"] = [{key: point[key] for key in ("t", "mIoU", "mIoU_foreground")} for point in curve]
+        setting = f"npy curve, best t={result['t']:.2f}"
+    else:
+        result = {**summarize(conf[0]), "t": args.t if args.type == "npy" else None}
+        setting = f"npy t={args.t}" if args.type == "npy" else "png"
+    setting = f"{args.predict_dir} ({setting})"
+    result.update(
+        num_images=len(image_ids), type=args.type, list=str(args.list), predict_dir=str(args.predict_dir),
+        gt_dir=str(args.gt_dir), comment=args.comment,
+    )  # fmt: skip
+
+    print(format_table(result))
+    if args.curve:
+        print(f"best background threshold t = {result['t']:.2f}: mIoU {result['mIoU']:.3f}%")
+    if args.logfile:
+        append_log(args.logfile, args.comment, f"{setting}\tmIoU {result['mIoU']:.3f}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    parser = get_args_parser()
+    cli_args = parser.parse_args()
+    try:
+        main(cli_args)
+    except EvaluationError as e:
+        parser.exit(1, f"{parser.prog}: error: {e}\n")

@@ -1,0 +1,207 @@
+"""Image-level class labels from the VOC XML annotations, and the image lists (SPEC section 0).
+
+The label of an image is a 20-d float32 multi-hot vector over CLASS_NAMES,
+from the ``<name>`` of every ``<object>`` in ``Annotations/<id>.xml``. Only an
+object's own ``<name>`` counts: person objects in VOC 2012 also carry
+``<part><name>head</name>`` entries, which the reference skipped by silently
+ignoring unknown names; here any other unknown name is an error naming the file.
+
+The reference ships the labels as a pickled dict ``cls_labels.npy``; we store
+them as ``.npz`` with ``ids`` (str, (N,)) and ``labels`` (float32, (N, 20)),
+read with ``allow_pickle=False``, and build them on first use.
+
+The CLI also writes the lists the reference's defaults point to:
+``<list_dir>/train.txt``, ``val.txt`` (from ``ImageSets/Segmentation``) and
+``train_aug.txt`` (ids of ``SegmentationClassAug/*.png`` minus val), one bare
+id per line, then labels for every id of every list:
+
+    python -m voc12.make_cls_labels --voc12_root VOC2012 [--out voc12/cls_labels.npz] [--list_dir voc12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from tool.fileio import atomic_path, atomic_write_text
+from voc12.voc import CLASS_NAMES, NUM_FG_CLASSES, annotation_path, load_img_id_list, parse_list_line
+
+logger = logging.getLogger(__name__)
+
+CLASS_INDEX = {name: index for index, name in enumerate(CLASS_NAMES)}
+
+
+def parse_annotation(xml_path: str | os.PathLike) -> list[str]:
+    """Class names of the objects in one VOC annotation file, in file order (repeats kept)."""
+    xml_path = Path(xml_path)
+    if not xml_path.is_file():
+        raise FileNotFoundError(f"annotation not found: {xml_path} (every listed image needs Annotations/<id>.xml)")
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as e:
+        raise ValueError(f"{xml_path}: malformed XML: {e}") from e
+    if root.tag != "annotation":
+        raise ValueError(f"{xml_path}: root element is <{root.tag}>, expected <annotation>")
+    names = []
+    for number, obj in enumerate(root.findall("object"), start=1):
+        name = obj.findtext("name")  # direct child only: <part><name> (head, hand, foot) is not a class
+        if name is None or not name.strip():
+            raise ValueError(f"{xml_path}: <object> #{number} has no <name>")
+        name = name.strip()
+        if name not in CLASS_INDEX:
+            raise ValueError(f"{xml_path}: unknown class name {name!r} in <object> #{number}; expected one of VOC's 20")
+        names.append(name)
+    return names
+
+
+def image_label(voc12_root: str | os.PathLike, image_id: str) -> np.ndarray:
+    """(20,) float32 multi-hot vector of the classes present in ``image_id``."""
+    label = np.zeros(NUM_FG_CLASSES, dtype=np.float32)
+    for name in parse_annotation(annotation_path(voc12_root, image_id)):
+        label[CLASS_INDEX[name]] = 1.0
+    return label
+
+
+def build_cls_labels(voc12_root: str | os.PathLike, ids: Iterable[str]) -> dict[str, np.ndarray]:
+    """Labels of ``ids`` (duplicates collapsed) read from ``<voc12_root>/Annotations``."""
+    return {image_id: image_label(voc12_root, image_id) for image_id in dict.fromkeys(ids)}
+
+
+def save_cls_labels(path: str | os.PathLike, labels: dict[str, np.ndarray]) -> None:
+    """Write ``labels`` atomically as ``.npz`` with ``ids`` (sorted) and ``labels`` ((N, 20) float32)."""
+    ids = sorted(labels)
+    matrix = np.stack([labels[i] for i in ids]) if ids else np.zeros((0, NUM_FG_CLASSES))
+    with atomic_path(path) as tmp:
+        np.savez(tmp, ids=np.array(ids, dtype=str), labels=matrix.astype(np.float32))
+
+
+def load_cls_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a labels file written by :func:`save_cls_labels`: ``{id: (20,) float32}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"class label file not found: {path} (run python -m voc12.make_cls_labels)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ids = data["ids"]
+            matrix = data["labels"]
+    except (KeyError, ValueError, OSError) as e:
+        raise ValueError(f"{path}: not a class label file (expected .npz with 'ids' and 'labels'): {e}") from e
+    if ids.ndim != 1 or ids.dtype.kind != "U":
+        raise ValueError(f"{path}: 'ids' must be a 1-d str array, got {ids.dtype} with shape {ids.shape}")
+    if matrix.shape != (ids.size, NUM_FG_CLASSES):
+        raise ValueError(f"{path}: 'labels' has shape {matrix.shape}, expected ({ids.size}, {NUM_FG_CLASSES})")
+    matrix = matrix.astype(np.float32)
+    return {str(image_id): matrix[row] for row, image_id in enumerate(ids)}
+
+
+def load_or_build_cls_labels(
+    voc12_root: str | os.PathLike, ids: Iterable[str], cache_path: str | os.PathLike
+) -> dict[str, np.ndarray]:
+    """Labels of ``ids`` (in order), from ``cache_path`` when it has them.
+
+    A missing cache is built from the XML annotations; ids the cache lacks are read from XML and added, and the
+    extended cache is written back atomically. Returns only the requested ids.
+    """
+    cache_path = Path(cache_path)
+    ids = list(dict.fromkeys(ids))
+    labels = load_cls_labels(cache_path) if cache_path.exists() else {}
+    missing = [image_id for image_id in ids if image_id not in labels]
+    if missing:
+        logger.info("class labels: reading %d annotations from %s into %s", len(missing), voc12_root, cache_path)
+        labels.update(build_cls_labels(voc12_root, missing))
+        save_cls_labels(cache_path, labels)
+    return {image_id: labels[image_id] for image_id in ids}
+
+
+def derive_lists(voc12_root: str | os.PathLike) -> tuple[dict[str, list[str]], str | None]:
+    """The train / val / train_aug id lists of a VOC tree, and a note when train_aug cannot be derived.
+
+    train_aug is the SegmentationClassAug ids minus val (sorted), else ``ImageSets/Segmentation/train_aug.txt``.
+    """
+    root = Path(voc12_root)
+    image_sets = root / "ImageSets" / "Segmentation"
+    lists = {name: load_img_id_list(image_sets / f"{name}.txt") for name in ("train", "val")}
+    aug_dir = root / "SegmentationClassAug"
+    if aug_dir.is_dir():
+        val_ids = set(lists["val"])
+        lists["train_aug"] = sorted({p.stem for p in aug_dir.glob("*.png")} - val_ids)
+        if not lists["train_aug"]:
+            raise ValueError(f"{aug_dir} has no PNG outside the val list; cannot build train_aug")
+        return lists, None
+    if (image_sets / "train_aug.txt").is_file():
+        lists["train_aug"] = load_img_id_list(image_sets / "train_aug.txt")
+        return lists, None
+    return lists, (
+        f"no train_aug list: {aug_dir} and {image_sets / 'train_aug.txt'} are both missing "
+        "(add the SBD-augmented SegmentationClassAug/ to build it)"
+    )
+
+
+def _read_ids(path: Path) -> list[str]:
+    with open(path) as f:
+        return [parse_list_line(line) for line in f if line.strip()]
+
+
+def write_lists(list_dir: str | os.PathLike, lists: dict[str, list[str]], overwrite: bool = False) -> list[Path]:
+    """Write ``<list_dir>/<name>.txt`` (one bare id a line); returns the files written.
+
+    An existing file listing the same ids (either line style) is left as it is. One listing other ids is an
+    error unless ``overwrite``; all files are checked before any is written.
+    """
+    list_dir = Path(list_dir)
+    pending = {}
+    for name, ids in lists.items():
+        path = list_dir / f"{name}.txt"
+        if path.exists():
+            if _read_ids(path) == ids:
+                continue
+            if not overwrite:
+                raise FileExistsError(f"{path} exists with different ids; pass --overwrite to replace it")
+        pending[path] = ids
+    for path, ids in pending.items():
+        atomic_write_text(path, "".join(f"{image_id}\n" for image_id in ids))
+    return list(pending)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Write VOC image lists and image-level class labels (.npz).")
+    parser.add_argument("--voc12_root", type=str, required=True, help="VOC2012 devkit folder (JPEGImages, ...)")
+    parser.add_argument(
+        "--out", type=str, default="voc12/cls_labels.npz", help="label file: .npz with 'ids' and 'labels' (N, 20)"
+    )
+    parser.add_argument(
+        "--list_dir", type=str, default="voc12", help="where train.txt, val.txt, train_aug.txt are written"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace list files that list different ids")
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict[str, np.ndarray]:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    lists, note = derive_lists(args.voc12_root)
+    extra_ids: list[str] = []
+    if note is not None:
+        existing = Path(args.list_dir) / "train_aug.txt"
+        if existing.is_file():
+            # A train_aug.txt supplied by hand (e.g. the reference's) still gets labels.
+            extra_ids = load_img_id_list(existing)
+            note = f"{note}; keeping the existing {existing}"
+        logger.warning(note)
+    for path in write_lists(args.list_dir, lists, args.overwrite):
+        logger.info("wrote %s", path)
+    all_ids = sorted({image_id for ids in lists.values() for image_id in ids} | set(extra_ids))
+    labels = build_cls_labels(args.voc12_root, all_ids)
+    save_cls_labels(args.out, labels)
+    counts = ", ".join(f"{name} {len(ids)}" for name, ids in lists.items())
+    logger.info("wrote labels of %d images to %s (lists: %s)", len(labels), args.out, counts)
+    return labels
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

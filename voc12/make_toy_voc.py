@@ -1,0 +1,413 @@
+"""A small synthetic dataset in the exact PASCAL VOC 2012 layout (SPEC section 0).
+
+It exists so that every stage of the pipeline (labels, CAM training and
+inference, affinity training, random walk, evaluation) can run end to end in
+minutes on a CPU, and so that tests have a realistic VOC tree to read:
+
+    <out>/JPEGImages/<id>.jpg                 RGB, long side ``size``, aspect like VOC's 500x375
+    <out>/Annotations/<id>.xml                VOC schema, one <object> per visible object
+    <out>/SegmentationClass/<id>.png          palette PNG: 0 background, 1..20 classes, 255 void band
+    <out>/SegmentationClassAug/<id>.png       only with ``--with_aug``: the same indices as greyscale PNGs
+    <out>/ImageSets/Segmentation/{train,val,trainval,train_aug}.txt   bare ids, train_aug = train
+
+Six VOC classes are used, each with its own shape, colour and texture, on a
+smooth, low-saturation textured background, so a tiny CNN can tell them apart
+by colour *and* shape and a CAM can localise them. Object extents vary
+log-uniformly over ``[min_extent, max_extent]`` of the long image side (at
+least 4x by default, because scale is what SSENet is about); each image's first
+object takes its extent from a stratified grid over the whole set, so the
+extremes of the range are always present. Output is byte-identical for a given
+seed (fixed JPEG quality, per-image generators seeded by ``(seed, index)``).
+
+    python -m voc12.make_toy_voc --out toy_voc --num_train 100 --num_val 30 --size 256 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from tool.fileio import atomic_path, atomic_write_text, save_png
+from voc12.voc import CLASS_NAMES, IGNORE_INDEX, voc_palette
+
+MARKER_FILE = "toy_voc.json"
+MANAGED_DIRS = ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationClassAug", "ImageSets")
+
+
+@dataclass(frozen=True)
+class ToyClass:
+    name: str
+    shape: str
+    colour: tuple[int, int, int]
+    texture: str
+
+
+# Saturated, well separated hues against a grey-brown background; no two classes share a shape.
+TOY_CLASSES = (
+    ToyClass("aeroplane", "cross", (30, 80, 230), "stripes"),
+    ToyClass("bird", "triangle", (245, 215, 40), "plain"),
+    ToyClass("car", "square", (225, 35, 35), "checker"),
+    ToyClass("cat", "disc", (40, 185, 60), "plain"),
+    ToyClass("person", "star", (215, 60, 205), "checker"),
+    ToyClass("tvmonitor", "ring", (35, 205, 215), "stripes"),
+)
+RING_HOLE = 0.45  # inner radius / outer radius
+MIN_RING_WIDTH_PX = 4.0  # narrowest ring wall; the default 3 px void band leaves at least a 1 px line of it
+OBJECTS_PER_IMAGE = (1, 2, 3)
+OBJECTS_PER_IMAGE_P = (0.4, 0.35, 0.25)
+MAX_OVERLAP = 0.15  # a new object may cover at most this fraction of the smaller of it and any placed object
+PLACEMENT_TRIES = 50
+JPEG_QUALITY = 90
+
+
+def _unit_polygon(shape: str) -> np.ndarray:
+    """Outline of a shape in unit coordinates, centred, radius about 1 (a ring's hole is cut in _render_shape)."""
+
+    def regular(n: int) -> np.ndarray:  # first vertex at the top
+        angles = -np.pi / 2 + 2 * np.pi * np.arange(n) / n
+        return np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+    if shape in ("disc", "ring"):
+        return regular(48)
+    if shape == "square":
+        return np.array([(-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0)])
+    if shape == "triangle":
+        return regular(3)
+    if shape == "star":
+        return regular(10) * np.where(np.arange(10) % 2 == 0, 1.0, 0.45)[:, None]
+    if shape == "cross":
+        a = 0.33  # half-width of an arm
+        top_and_right = [(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a)]
+        bottom_and_left = [(a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a)]
+        return np.array(top_and_right + bottom_and_left, dtype=np.float64)
+    raise ValueError(f"unknown toy shape {shape!r}")
+
+
+def _render_shape(shape: str, extent: float, angle: float, stretch: float) -> np.ndarray:
+    """Binary (h, w) patch of a shape rotated by ``angle`` whose bounding box's long side is ``extent`` px."""
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    unit = _unit_polygon(shape) * (1.0, stretch)
+    outline = unit @ rotation.T
+    lo, hi = outline.min(axis=0), outline.max(axis=0)
+    scale = (extent - 1) / (hi - lo).max()  # PIL fills both end pixels, so a span of e-1 covers e pixels
+    outlines = [outline]
+    if shape == "ring":
+        # A thin ring would vanish under the void band, so small rings get a smaller hole (none when tiny).
+        hole = min(RING_HOLE, 1 - MIN_RING_WIDTH_PX / (scale * min(1.0, stretch)))
+        if hole > 0:
+            outlines.append((unit * hole) @ rotation.T)
+    width, height = (np.ceil((hi - lo) * scale).astype(int) + 1).tolist()
+    patch = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(patch)
+    for fill, poly in zip((1, 0), outlines, strict=False):
+        draw.polygon([tuple(p) for p in (poly - lo) * scale], fill=fill)
+    return np.asarray(patch, dtype=bool)
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Smooth low-saturation colour field plus a gradient and fine noise, (H, W, 3) float."""
+    coarse_h, coarse_w = rng.integers(3, 6, size=2)
+    luminance = rng.uniform(70, 190, size=(coarse_h, coarse_w, 1))
+    tint = rng.normal(0, 12, size=(coarse_h, coarse_w, 3)) + rng.normal(0, 8, size=3)  # low saturation
+    coarse = np.clip(luminance + tint, 0, 255).astype(np.uint8)
+    field = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.float64)
+    medium = rng.normal(0, 10, size=(max(height // 8, 2), max(width // 8, 2))).astype(np.float32)
+    field += np.asarray(Image.fromarray(medium).resize((width, height), Image.BILINEAR))[..., None]
+    direction = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    field += rng.uniform(-30, 30) * (xx * np.cos(direction) + yy * np.sin(direction))[..., None]
+    field += rng.normal(0, 4, size=field.shape)
+    return field
+
+
+def _object_colours(rng: np.random.Generator, toy: ToyClass, height: int, width: int, period: int) -> np.ndarray:
+    """Textured fill of one object over a (height, width) patch, (h, w, 3) float."""
+    colour = np.asarray(toy.colour, dtype=np.float64) + rng.uniform(-20, 20, size=3)
+    yy, xx = np.mgrid[0:height, 0:width]
+    if toy.texture == "stripes":
+        angle = rng.uniform(0, np.pi)
+        phase = (xx * np.cos(angle) + yy * np.sin(angle)) / period
+        shade = np.where(np.floor(phase) % 2 == 0, 1.0, 0.7)
+    elif toy.texture == "checker":
+        shade = np.where((xx // period + yy // period) % 2 == 0, 1.0, 0.75)
+    else:
+        shade = np.ones((height, width))
+    return colour * shade[..., None] + rng.normal(0, 6, size=(height, width, 3))
+
+
+def _void_band(visible: np.ndarray, void_width: int) -> np.ndarray:
+    """Pixels within the boundary band of a region: ``ceil(w/2)`` px outside plus ``floor(w/2)`` px inside, like
+    the void borders VOC draws around every object."""
+    outer, inner = (void_width + 1) // 2, void_width // 2
+    region = Image.fromarray(visible.astype(np.uint8) * 255)
+    grown = np.asarray(region.filter(ImageFilter.MaxFilter(2 * outer + 1))) > 0 if outer else visible
+    shrunk = np.asarray(region.filter(ImageFilter.MinFilter(2 * inner + 1))) > 0 if inner else visible
+    return grown & ~shrunk
+
+
+def _place(
+    rng: np.random.Generator, patch: np.ndarray, placed: list[tuple[int, int, np.ndarray]], height: int, width: int
+) -> tuple[int, int] | None:
+    """A random top-left corner where ``patch`` fits inside the image and overlaps every placed object only a
+    little; None when no such spot is found."""
+    ph, pw = patch.shape
+    if ph > height or pw > width:
+        return None
+    area = patch.sum()
+    for _ in range(PLACEMENT_TRIES):
+        y0, x0 = int(rng.integers(0, height - ph + 1)), int(rng.integers(0, width - pw + 1))
+        ok = True
+        for oy, ox, other in placed:
+            top, left = max(y0, oy), max(x0, ox)
+            bottom, right = min(y0 + ph, oy + other.shape[0]), min(x0 + pw, ox + other.shape[1])
+            if top >= bottom or left >= right:
+                continue
+            shared = (
+                patch[top - y0 : bottom - y0, left - x0 : right - x0]
+                & other[top - oy : bottom - oy, left - ox : right - ox]
+            ).sum()
+            if shared > MAX_OVERLAP * min(area, other.sum()):
+                ok = False
+                break
+        if ok:
+            return y0, x0
+    return None
+
+
+def _annotation_xml(image_id: str, width: int, height: int, objects: list[tuple[str, tuple[int, ...]]]) -> str:
+    """VOC-schema annotation; boxes are (xmin, ymin, xmax, ymax), 1-based inclusive."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "VOC2012"
+    ET.SubElement(root, "filename").text = f"{image_id}.jpg"
+    source = ET.SubElement(root, "source")
+    ET.SubElement(source, "database").text = "Synthetic toy VOC (voc12.make_toy_voc)"
+    size = ET.SubElement(root, "size")
+    for tag, value in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(value)
+    ET.SubElement(root, "segmented").text = "1"
+    for name, box in objects:
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = name
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = "0"  # objects are always placed fully inside the image
+        ET.SubElement(obj, "difficult").text = "0"
+        bndbox = ET.SubElement(obj, "bndbox")
+        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True):
+            ET.SubElement(bndbox, tag).text = str(value)
+    ET.indent(root, space="\t")
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def render_toy_image(
+    image_index: int,
+    seed: int,
+    size: int,
+    primary_class: int,
+    primary_extent: float,
+    min_extent: float,
+    max_extent: float,
+    void_width: int,
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, tuple[int, ...]]]]:
+    """One synthetic image.
+
+    Returns ``(rgb (H, W, 3) uint8, label (H, W) uint8, objects)`` where ``objects`` lists ``(class name, box)``
+    for every object with at least one non-void pixel in ``label``, box 1-based inclusive around its visible
+    pixels. ``primary_class`` indexes TOY_CLASSES; extents are fractions of the long side.
+    """
+    rng = np.random.default_rng([seed, image_index])
+    long_side, short_side = size, int(round(size * rng.uniform(0.66, 0.85)))
+    height, width = (short_side, long_side) if rng.random() < 0.75 else (long_side, short_side)
+
+    num_objects = int(rng.choice(OBJECTS_PER_IMAGE, p=OBJECTS_PER_IMAGE_P))
+    classes = [primary_class, *rng.integers(0, len(TOY_CLASSES), size=num_objects - 1).tolist()]
+    log_range = np.log(max_extent / min_extent)
+    extents = [primary_extent, *(min_extent * np.exp(rng.uniform(0, log_range, size=num_objects - 1))).tolist()]
+
+    # The primary object is placed first, into an empty image, so the stratified extents always survive.
+    placed: list[tuple[int, int, np.ndarray]] = []
+    placed_classes: list[int] = []
+    for cls, extent in zip(classes, extents, strict=True):
+        pixels = min(extent * long_side, short_side)
+        patch = _render_shape(TOY_CLASSES[cls].shape, pixels, rng.uniform(0, 2 * np.pi), rng.uniform(0.8, 1.25))
+        spot = _place(rng, patch, placed, height, width)
+        if spot is not None:
+            placed.append((*spot, patch))
+            placed_classes.append(cls)
+
+    # Paint large objects first so small ones stay visible; the mask follows the same paint order.
+    order = sorted(range(len(placed)), key=lambda k: -placed[k][2].sum())
+    canvas = _background(rng, height, width)
+    owner = np.zeros((height, width), dtype=np.int64)  # 0 = background, k + 1 = k-th placed object
+    texture_period = max(3, size // 40)
+    for k in order:
+        y0, x0, patch = placed[k]
+        ph, pw = patch.shape
+        fill = _object_colours(rng, TOY_CLASSES[placed_classes[k]], ph, pw, texture_period)
+        canvas[y0 : y0 + ph, x0 : x0 + pw][patch] = fill[patch]
+        owner[y0 : y0 + ph, x0 : x0 + pw][patch] = k + 1
+
+    class_of_owner = np.array([0, *(CLASS_NAMES.index(TOY_CLASSES[c].name) + 1 for c in placed_classes)])
+    label = class_of_owner[owner].astype(np.uint8)
+    void = np.zeros((height, width), dtype=bool)
+    visible_masks = [owner == k + 1 for k in range(len(placed))]
+    margin = (void_width + 1) // 2 + 1
+    for visible in visible_masks:
+        if visible.any() and void_width > 0:
+            # Filter only a window around the object: rank filters over the whole image dominate the run time.
+            rows, cols = np.nonzero(visible)
+            window = (
+                slice(max(rows.min() - margin, 0), rows.max() + margin + 1),
+                slice(max(cols.min() - margin, 0), cols.max() + margin + 1),
+            )
+            void[window] |= _void_band(visible[window], void_width)
+    label[void] = IGNORE_INDEX
+
+    objects = []
+    for k in order:
+        visible = visible_masks[k]
+        if not (visible & ~void).any():  # hidden or swallowed by the void band: not in the mask, so not in the XML
+            continue
+        rows, cols = np.nonzero(visible)
+        box = (int(cols.min()) + 1, int(rows.min()) + 1, int(cols.max()) + 1, int(rows.max()) + 1)
+        objects.append((TOY_CLASSES[placed_classes[k]].name, box))
+    rgb = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    return rgb, label, objects
+
+
+def _prepare_output(out: Path) -> None:
+    """Refuse to write into a non-empty folder that is not a previous toy set (it might be a real VOC tree);
+    clear the folders of a previous toy set so no stale ids survive."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, expected a folder")
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER_FILE).is_file():
+            raise FileExistsError(
+                f"--out {out} is not empty and was not made by make_toy_voc (no {MARKER_FILE}); "
+                "choose an empty or new folder"
+            )
+        for name in MANAGED_DIRS:
+            shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def make_toy_voc(
+    out: str | Path,
+    num_train: int,
+    num_val: int,
+    size: int = 256,
+    seed: int = 0,
+    with_aug: bool = False,
+    void_width: int = 3,
+    min_extent: float = 0.10,
+    max_extent: float = 0.50,
+) -> dict[str, Any]:
+    """Write a toy VOC 2012 tree under ``out``; returns a summary (also saved as ``<out>/toy_voc.json``).
+
+    Summary keys: ``train``, ``val`` (sorted id lists), ``num_objects``, ``class_counts`` (objects per class
+    name), ``extent_px`` ([min, max] long side of the object boxes), and the generation parameters.
+    """
+    if num_train < 1 or num_val < 1:
+        raise ValueError(f"--num_train and --num_val must be >= 1, got {num_train} and {num_val}")
+    if size < 32:
+        raise ValueError(f"--size must be >= 32 px, got {size}")
+    if seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {seed}")
+    if not 0 < min_extent <= max_extent <= 1:
+        raise ValueError(f"need 0 < --min_extent <= --max_extent <= 1, got {min_extent} and {max_extent}")
+    if void_width < 0:
+        raise ValueError(f"--void_width must be >= 0, got {void_width}")
+    out = Path(out)
+    _prepare_output(out)
+
+    num_images = num_train + num_val
+    rng = np.random.default_rng(seed)
+    ids = [f"2007_{i + 1:06d}" for i in range(num_images)]
+    val_ids = set(rng.choice(ids, size=num_val, replace=False).tolist())
+    # Stratified over the whole set: every class is the first object of some image (given >= 6 images), and both
+    # extent extremes occur.
+    primary_classes = rng.permutation(np.arange(num_images) % len(TOY_CLASSES))
+    grid = np.linspace(0.0, 1.0, num_images) if num_images > 1 else np.array([0.5])
+    primary_extents = rng.permutation(min_extent * (max_extent / min_extent) ** grid)
+
+    palette = voc_palette()
+    class_counts = {toy.name: 0 for toy in TOY_CLASSES}
+    extents: list[int] = []
+    for index, image_id in enumerate(ids):
+        rgb, label, objects = render_toy_image(
+            index, seed, size, int(primary_classes[index]), float(primary_extents[index]),
+            min_extent, max_extent, void_width,
+        )  # fmt: skip
+        with atomic_path(out / "JPEGImages" / f"{image_id}.jpg") as tmp:
+            Image.fromarray(rgb).save(tmp, format="JPEG", quality=JPEG_QUALITY)
+        height, width = label.shape
+        atomic_write_text(out / "Annotations" / f"{image_id}.xml", _annotation_xml(image_id, width, height, objects))
+        save_png(out / "SegmentationClass" / f"{image_id}.png", label, palette)
+        if with_aug:
+            # The widely shared SegmentationClassAug masks are greyscale PNGs holding the same indices.
+            save_png(out / "SegmentationClassAug" / f"{image_id}.png", label)
+        for name, (xmin, ymin, xmax, ymax) in objects:
+            class_counts[name] += 1
+            extents.append(max(xmax - xmin, ymax - ymin) + 1)
+
+    train = [i for i in ids if i not in val_ids]
+    val = sorted(val_ids)
+    lists = {"train": train, "val": val, "trainval": ids, "train_aug": train}
+    for name, list_ids in lists.items():
+        atomic_write_text(out / "ImageSets" / "Segmentation" / f"{name}.txt", "".join(f"{i}\n" for i in list_ids))
+
+    summary = {
+        "train": train,
+        "val": val,
+        "num_objects": len(extents),
+        "class_counts": class_counts,
+        "extent_px": [min(extents), max(extents)],
+        "params": {
+            "num_train": num_train, "num_val": num_val, "size": size, "seed": seed, "with_aug": with_aug,
+            "void_width": void_width, "min_extent": min_extent, "max_extent": max_extent,
+        },
+    }  # fmt: skip
+    atomic_write_text(out / MARKER_FILE, json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Write a synthetic dataset in the PASCAL VOC 2012 layout.")
+    parser.add_argument("--out", type=str, required=True, help="output folder (the --voc12_root of later stages)")
+    parser.add_argument("--num_train", type=int, default=100, help="images in ImageSets/Segmentation/train.txt")
+    parser.add_argument("--num_val", type=int, default=30, help="images in ImageSets/Segmentation/val.txt")
+    parser.add_argument("--size", type=int, default=256, help="long image side in px (short side 0.66-0.85 of it)")
+    parser.add_argument("--seed", type=int, default=0, help="same seed gives byte-identical files")
+    parser.add_argument(
+        "--with_aug", action="store_true", help="also write SegmentationClassAug/ (greyscale PNGs, all images)"
+    )
+    parser.add_argument(
+        "--void_width", type=int, default=3, help="width in px of the 255 band drawn across every object boundary"
+    )
+    parser.add_argument("--min_extent", type=float, default=0.10, help="smallest object box, fraction of long side")
+    parser.add_argument("--max_extent", type=float, default=0.50, help="largest object box, fraction of long side")
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    summary = make_toy_voc(
+        args.out, args.num_train, args.num_val, args.size, args.seed, args.with_aug,
+        args.void_width, args.min_extent, args.max_extent,
+    )  # fmt: skip
+    print(
+        f"toy VOC in {args.out}: {len(summary['train'])} train + {len(summary['val'])} val images, "
+        f"{summary['num_objects']} objects {summary['class_counts']}, "
+        f"box sizes {summary['extent_px'][0]}-{summary['extent_px'][1]} px"
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
