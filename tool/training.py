@@ -67,6 +67,10 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
         help="train without --weights: He init and BatchNorm statistics estimated from data (see --bn_calib_batches)",
     )  # fmt: skip
     parser.add_argument(
+        "--dropout_scale", type=float, default=1.0,
+        help="multiply every Dropout2d rate (b6 0.3, b7 0.5, head 0.5) by this; 0 disables dropout",
+    )  # fmt: skip
+    parser.add_argument(
         "--bn_calib_batches", type=int, default=8,
         help="with --from_scratch: batches used to estimate the frozen BatchNorm statistics (0 keeps mean 0, var 1)",
     )  # fmt: skip
@@ -98,6 +102,10 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
         load_weights(model, args.weights, allow_missing_head=True)
     elif args.from_scratch:
         model.init_backbone_from_scratch()
+    if args.dropout_scale != 1.0:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout2d):
+                m.p *= args.dropout_scale
     else:
         raise SystemExit("--weights is required (ImageNet ResNet38 .params or a .pth); --from_scratch trains without")
     return model

@@ -1,0 +1,140 @@
+"""Random-walk propagation of CAMs with AffinityNet (SPEC section 6).
+
+    python infer_aff.py --weights resnet38_aff.pth --infer_list voc12/train.txt \
+        --cam_dir out_cam --voc12_root VOC2012 --out_rw out_rw
+
+For each image: predict the pair affinities on the stride-8 grid, build the
+transition matrix T (affinities ** beta, column-normalised) and propagate the
+grid-pooled CAMs, with a constant background score, by ``T ** (2 ** logt)``.
+``tool.randomwalk.propagate`` does this without forming T (sparse stencil).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from network import build_network
+from network.resnet38d import load_weights
+from tool import pyutils, torchutils
+from tool.crf import crf_inference
+from tool.fileio import load_scores, save_png, save_scores, score_file
+from tool.imutils import hwc_to_chw, normalize
+from tool.randomwalk import propagate
+from voc12.data import VOC12ImageDataset
+from voc12.voc import NUM_CLASSES, load_img_id_list, voc_palette
+
+logger = logging.getLogger(__name__)
+STRIDE = 8
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Propagate CAMs by random walk with AffinityNet affinities")
+    parser.add_argument("--weights", type=str, required=True, help="trained AffinityNet .pth")
+    parser.add_argument("--network", type=str, default="network.resnet38_aff", help="network module, dotted name")
+    parser.add_argument("--infer_list", type=str, default="voc12/train.txt", help="images to process")
+    parser.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes")
+    parser.add_argument("--cam_dir", type=str, required=True, help="CAM folder written by infer_cls_ser.py --out_cam")
+    parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder")
+    parser.add_argument("--out_rw", type=str, required=True, help="output folder of random-walk label PNGs")
+    parser.add_argument(
+        "--out_rw_scores",
+        type=str,
+        default=None,
+        help="also save the propagated scores (bg + present classes) on the stride-8 grid (.npz)",
+    )
+    parser.add_argument("--beta", type=float, default=8, help="affinity exponent (reference: 8)")
+    parser.add_argument("--logt", type=int, default=8, help="log2 of the number of random-walk steps (reference: 8)")
+    parser.add_argument("--bg_score", type=float, default=0.2, help="constant background CAM score (reference: 0.2)")
+    parser.add_argument("--crf", action="store_true", help="dense CRF (1 iteration) on the propagated scores")
+    parser.add_argument("--rw_mode", choices=("sparse", "dense"), default="sparse",
+                        help="sparse stencil (ours) or the reference's dense T squared logt times")  # fmt: skip
+    parser.add_argument("--width_mult", type=float, default=1.0, help="channel width multiplier of the network")
+    parser.add_argument("--allow_pickle", action="store_true", help="read the reference's pickled .npy CAM files")
+    parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")
+    torchutils.add_device_args(parser)
+    return parser
+
+
+def cam_grid(keys: np.ndarray, cams: np.ndarray, padded_hw: tuple[int, int], bg_score: float) -> torch.Tensor:
+    """(21, H, W) scores [bg_score, CAM of class k at k + 1], zero-padded to ``padded_hw`` and
+    average-pooled 8x8 -> (21, h, w) on the stride-8 grid."""
+    h, w = cams.shape[1:]
+    full = np.zeros((NUM_CLASSES, *padded_hw), np.float32)
+    full[0, :h, :w] = bg_score
+    full[keys + 1, :h, :w] = cams
+    return F.avg_pool2d(torch.from_numpy(full)[None], STRIDE, STRIDE)[0]
+
+
+@torch.inference_mode()
+def random_walk_image(model, image: np.ndarray, keys, cams, args, device) -> tuple[np.ndarray, torch.Tensor]:
+    """Label map (H, W) uint8 and propagated grid scores (21, h, w) for one image."""
+    height, width = image.shape[:2]
+    padded = (math.ceil(height / STRIDE) * STRIDE, math.ceil(width / STRIDE) * STRIDE)
+    x = torch.from_numpy(hwc_to_chw(normalize(image)))[None]
+    x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height))  # zeros after normalisation
+    with torchutils.autocast(device, args.amp):
+        aff = model(x.to(device))[0].float()  # (34, n_from)
+    grid = cam_grid(keys, cams, padded, args.bg_score).to(device)
+    scores = propagate(aff, grid, grid.shape[1:], beta=args.beta, logt=args.logt, mode=args.rw_mode)
+    up = F.interpolate(scores[None], size=padded, mode="bilinear", align_corners=False)[0]
+    if args.crf:
+        image_padded = np.zeros((*padded, 3), np.uint8)
+        image_padded[:height, :width] = image
+        up = torch.from_numpy(crf_inference(image_padded, up.cpu().numpy(), t=1))
+    label = up.argmax(dim=0)[:height, :width]
+    return label.to(torch.uint8).cpu().numpy(), scores
+
+
+def main(args: argparse.Namespace) -> dict:
+    torchutils.init_distributed()
+    pyutils.setup_logger(None, torchutils.is_main_process())
+    device = torchutils.get_device(args.device)
+    out_rw = Path(args.out_rw)
+
+    def done(image_id: str) -> bool:
+        if not (out_rw / f"{image_id}.png").exists():
+            return False
+        return args.out_rw_scores is None or (Path(args.out_rw_scores) / f"{image_id}.npz").exists()
+
+    ids = torchutils.shard(load_img_id_list(args.infer_list))
+    todo = ids if args.overwrite else [i for i in ids if not done(i)]
+    logger.info("%d images, %d to do on this rank", len(ids), len(todo))
+    summary = {"images": len(ids), "done": 0, "skipped": len(ids) - len(todo)}
+    if not todo:
+        return summary
+
+    model = build_network(args.network, args.width_mult)
+    load_weights(model, args.weights, allow_missing_head=False)
+    model.to(device).eval()
+    palette = voc_palette()
+    loader = DataLoader(VOC12ImageDataset(args.infer_list, args.voc12_root, ids=todo), batch_size=None,
+                        num_workers=args.num_workers)  # fmt: skip
+    start = time.time()
+    for image_id, image in tqdm(loader, total=len(todo), disable=not torchutils.is_main_process()):
+        image = image.numpy()
+        keys, cams = load_scores(score_file(args.cam_dir, image_id, args.allow_pickle), args.allow_pickle)
+        if cams.shape[1:] != image.shape[:2]:
+            raise ValueError(f"{args.cam_dir}: CAM of {image_id} is {cams.shape[1:]}, image is {image.shape[:2]}")
+        label, scores = random_walk_image(model, image, keys, cams, args, device)
+        if args.out_rw_scores:
+            keep = np.concatenate([[0], keys + 1])
+            save_scores(Path(args.out_rw_scores) / f"{image_id}.npz", keep, scores[keep].cpu().numpy(), "float32")
+        save_png(out_rw / f"{image_id}.png", label, palette)
+        summary["done"] += 1
+    summary["seconds"] = time.time() - start
+    logger.info("random walk: %s", summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
