@@ -29,7 +29,7 @@ from tool import pyutils, torchutils
 from tool.crf import crf_inference
 from tool.fileio import load_scores, save_png, save_scores, score_file
 from tool.imutils import hwc_to_chw, normalize
-from tool.randomwalk import propagate
+from tool.randomwalk import DEFAULT_RADIUS, propagate
 from voc12.data import VOC12ImageDataset
 from voc12.voc import NUM_CLASSES, load_img_id_list, voc_palette
 
@@ -79,7 +79,11 @@ def cam_grid(keys: np.ndarray, cams: np.ndarray, padded_hw: tuple[int, int], bg_
 def random_walk_image(model, image: np.ndarray, keys, cams, args, device) -> tuple[np.ndarray, torch.Tensor]:
     """Label map (H, W) uint8 and propagated grid scores (21, h, w) for one image."""
     height, width = image.shape[:2]
-    padded = (math.ceil(height / STRIDE) * STRIDE, math.ceil(width / STRIDE) * STRIDE)
+    # Pad to a multiple of 8; tiny images further, so that the grid holds the radius-5 pairs.
+    padded = (
+        max(math.ceil(height / STRIDE), DEFAULT_RADIUS) * STRIDE,
+        max(math.ceil(width / STRIDE), 2 * DEFAULT_RADIUS - 1) * STRIDE,
+    )
     x = torch.from_numpy(hwc_to_chw(normalize(image)))[None]
     x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height))  # zeros after normalisation
     with torchutils.autocast(device, args.amp):

@@ -102,12 +102,12 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
         load_weights(model, args.weights, allow_missing_head=True)
     elif args.from_scratch:
         model.init_backbone_from_scratch()
+    else:
+        raise SystemExit("--weights is required (ImageNet ResNet38 .params or a .pth); --from_scratch trains without")
     if args.dropout_scale != 1.0:
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout2d):
                 m.p *= args.dropout_scale
-    else:
-        raise SystemExit("--weights is required (ImageNet ResNet38 .params or a .pth); --from_scratch trains without")
     return model
 
 
