@@ -21,10 +21,7 @@ import contextlib
 import io
 import multiprocessing
 import os
-import platform
-import re
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +33,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import evaluation  # noqa: E402
-from tool.fileio import atomic_write_text, save_png, save_scores  # noqa: E402
+from bench.benchutils import cpu_model, write_section  # noqa: E402
+from tool.fileio import save_png, save_scores  # noqa: E402
 from voc12.voc import voc_palette  # noqa: E402
 
 HEIGHT, WIDTH = 375, 500
@@ -177,23 +175,6 @@ def parallel_capacity(n: int = 3_000_000) -> float:
     return 2 * one / two
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def write_section(path: Path, text: str, heading: str = "## Evaluation") -> None:
-    """Add or replace the ``heading`` section of a markdown file, leaving the other sections alone."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.M | re.S)
-    section = f"{heading}\n\n{text.strip()}\n\n"
-    new = pattern.sub(lambda _: section, old) if pattern.search(old) else f"{old.rstrip()}\n\n{section}"
-    atomic_write_text(path, new.rstrip() + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num_images", type=int, default=1464, help="PNG pairs (VOC train has 1,464)")
@@ -254,7 +235,7 @@ def main() -> None:
         ]
     print("\n" + "\n".join(lines))
     if cli.results:
-        write_section(cli.results, "\n".join(lines))
+        write_section(cli.results, "## Evaluation", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -23,13 +23,9 @@ Usage: ``python bench/bench_infer_cls.py [--num_images 10] [--size 256] [--recor
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import platform
-import re
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,9 +39,10 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import infer_cls_ser  # noqa: E402
+from bench.benchutils import cpu_model, write_section  # noqa: E402
 from network.resnet38_cls_ser import Net  # noqa: E402
 from tool.crf import crf_scores_with_alpha  # noqa: E402
-from tool.fileio import atomic_write_text, load_scores, save_png, save_scores  # noqa: E402
+from tool.fileio import load_scores, save_png, save_scores  # noqa: E402
 from voc12.data import VOC12ClsDatasetMSF  # noqa: E402
 from voc12.make_cls_labels import load_or_build_cls_labels  # noqa: E402
 from voc12.make_toy_voc import make_toy_voc  # noqa: E402
@@ -116,27 +113,6 @@ def timed(fn) -> tuple[tuple[float, float], object]:
     wall, cpu0 = time.perf_counter(), cpu()
     out = fn()
     return (time.perf_counter() - wall, cpu() - cpu0), out
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def record(text: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, re-reading the file just before writing
-    because other benchmarks write their own sections of it."""
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    section = f"{SECTION}\n\n{text.strip()}\n\n"
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: section, current, count=1)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + section
-    atomic_write_text(RESULTS, updated.rstrip("\n") + "\n")
 
 
 def main() -> None:
@@ -210,7 +186,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if cli.record:
-        record(text)
+        write_section(RESULTS, SECTION, text)
         print(f"recorded in {RESULTS}")
 
 

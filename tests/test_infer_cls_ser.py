@@ -34,12 +34,8 @@ NUM_IMAGES = 3
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The 1/8-width network on 64 px images gains nothing from threads, and one thread keeps a shared CPU calm."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(one_thread):
+    """Every test here runs with one torch thread (fixture in conftest.py)."""
 
 
 @pytest.fixture(scope="module")

@@ -338,12 +338,8 @@ def test_make_optimizer_groups():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The width-1/8 network on 48 px crops is tiny: a second intra-op thread only adds contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(one_thread):
+    """Every test here runs with one torch thread (fixture in conftest.py)."""
 
 
 @pytest.fixture(scope="module")

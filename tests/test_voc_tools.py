@@ -210,7 +210,7 @@ def test_parts_and_repeats(tmp_path):
     assert label.sum() == 2 and label[CLASS_NAMES.index("person")] == 1 and label[CLASS_NAMES.index("dog")] == 1
 
 
-def test_cache_built_on_first_use_and_extended(tmp_path, toy_root):
+def test_cache_built_on_first_use_and_extended(tmp_path, toy_root, monkeypatch):
     ids = all_ids(toy_root)
     cache = tmp_path / "cls_labels.npz"
     first = mcl.load_or_build_cls_labels(toy_root, ids[:4], cache)
@@ -225,7 +225,8 @@ def test_cache_built_on_first_use_and_extended(tmp_path, toy_root):
     for image_id in ids:
         np.testing.assert_array_equal(grown[image_id], expected[image_id])
     # A complete cache is not rebuilt: the annotations are not read again.
-    cached = mcl.load_or_build_cls_labels(tmp_path / "no_such_root", ids, cache)
+    monkeypatch.setattr(mcl, "build_cls_labels", lambda *a: pytest.fail("annotations read again"))
+    cached = mcl.load_or_build_cls_labels(toy_root, ids, cache)
     assert all(np.array_equal(cached[i], expected[i]) for i in ids)
 
 
@@ -304,3 +305,18 @@ def test_objects_lost_in_a_wide_void_band_leave_the_xml(tmp_path):
         _, objects = read_objects(root / "Annotations" / f"{image_id}.xml")
         mask_classes = set(np.unique(read_mask(root, image_id)).tolist()) - {0, 255}
         assert {CLASS_NAMES.index(name) + 1 for name, _ in objects} == mask_classes
+
+
+def test_label_cache_refuses_another_dataset_folder(tmp_path):
+    # Toy ids look like VOC ids, so a cache must remember which folder it was built from.
+    from voc12.make_cls_labels import load_or_build_cls_labels
+
+    for name in ("a", "b"):
+        make_toy_voc(tmp_path / name, num_train=2, num_val=1, size=64, seed=0 if name == "a" else 1)
+    ids = (tmp_path / "a" / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    cache = tmp_path / "labels.npz"
+    first = load_or_build_cls_labels(tmp_path / "a", ids, cache)
+    again = load_or_build_cls_labels(tmp_path / "a", ids, cache)
+    assert all(np.array_equal(first[i], again[i]) for i in ids)
+    with pytest.raises(ValueError, match="was built from"):
+        load_or_build_cls_labels(tmp_path / "b", ids, cache)

@@ -73,12 +73,21 @@ def build_cls_labels(voc12_root: str | os.PathLike, ids: Iterable[str]) -> dict[
     return {image_id: image_label(voc12_root, image_id) for image_id in dict.fromkeys(ids)}
 
 
-def save_cls_labels(path: str | os.PathLike, labels: dict[str, np.ndarray]) -> None:
-    """Write ``labels`` atomically as ``.npz`` with ``ids`` (sorted) and ``labels`` ((N, 20) float32)."""
+def save_cls_labels(
+    path: str | os.PathLike, labels: dict[str, np.ndarray], voc12_root: str | os.PathLike | None = None
+) -> None:
+    """Write ``labels`` atomically as ``.npz`` with ``ids`` (sorted) and ``labels`` ((N, 20) float32),
+    plus ``voc12_root`` (the resolved dataset folder) when given."""
     ids = sorted(labels)
     matrix = np.stack([labels[i] for i in ids]) if ids else np.zeros((0, NUM_FG_CLASSES))
+    extra = {} if voc12_root is None else {"voc12_root": np.array(str(Path(voc12_root).resolve()))}
     with atomic_path(path) as tmp:
-        np.savez(tmp, ids=np.array(ids, dtype=str), labels=matrix.astype(np.float32))
+        np.savez(tmp, ids=np.array(ids, dtype=str), labels=matrix.astype(np.float32), **extra)
+
+
+def _cache_root(path: Path) -> str | None:
+    with np.load(path, allow_pickle=False) as data:
+        return str(data["voc12_root"]) if "voc12_root" in data.files else None
 
 
 def load_cls_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -111,11 +120,20 @@ def load_or_build_cls_labels(
     cache_path = Path(cache_path)
     ids = list(dict.fromkeys(ids))
     labels = load_cls_labels(cache_path) if cache_path.exists() else {}
+    root = str(Path(voc12_root).resolve())
+    # Ids alone do not identify an image (the toy dataset reuses VOC-style ids), so a cache
+    # built from another dataset folder must not be mixed with this one.
+    cached_root = _cache_root(cache_path) if labels else None
+    if cached_root is not None and cached_root != root:
+        raise ValueError(
+            f"--cls_labels {cache_path} was built from {cached_root}, not from --voc12_root {root}; "
+            "point --cls_labels elsewhere or delete the file"
+        )
     missing = [image_id for image_id in ids if image_id not in labels]
     if missing:
         logger.info("class labels: reading %d annotations from %s into %s", len(missing), voc12_root, cache_path)
         labels.update(build_cls_labels(voc12_root, missing))
-        save_cls_labels(cache_path, labels)
+        save_cls_labels(cache_path, labels, voc12_root)
     return {image_id: labels[image_id] for image_id in ids}
 
 
@@ -197,7 +215,7 @@ def main(args: argparse.Namespace) -> dict[str, np.ndarray]:
         logger.info("wrote %s", path)
     all_ids = sorted({image_id for ids in lists.values() for image_id in ids} | set(extra_ids))
     labels = build_cls_labels(args.voc12_root, all_ids)
-    save_cls_labels(args.out, labels)
+    save_cls_labels(args.out, labels, args.voc12_root)
     counts = ", ".join(f"{name} {len(ids)}" for name, ids in lists.items())
     logger.info("wrote labels of %d images to %s (lists: %s)", len(labels), args.out, counts)
     return labels
