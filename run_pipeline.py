@@ -55,7 +55,7 @@ PRESETS = {
             "--from_scratch", "--momentum", "0.9", "--dropout_scale", "0", "--num_workers", "1", "--print_freq", "24",
         ],
         "train_cls": [
-            "--batch_size", "8", "--max_epoches", "30", "--lr", "0.02", "--crop_size", "96",
+            "--batch_size", "8", "--max_epoches", "20", "--lr", "0.01", "--crop_size", "96",
             "--resize_long", "96", "128", "--val_crop_size", "128",
         ],
         "infer_cls": ["--num_workers", "1", "--crf_workers", "1"],

@@ -243,7 +243,12 @@ def test_load_training_checkpoint(trained_cls, tmp_path):
 def test_build_model_loads_weights(trained_cls, tmp_path):
     path = save(trained_cls, tmp_path / "ours.pth")
     args = argparse.Namespace(
-        network="network.resnet38_cls_ser", width_mult=SMALL, weights=str(path), from_scratch=False, seed=1
+        network="network.resnet38_cls_ser",
+        width_mult=SMALL,
+        weights=str(path),
+        from_scratch=False,
+        seed=1,
+        dropout_scale=1.0,
     )
     assert_loaded(training.build_model(args), trained_cls)
 
