@@ -13,7 +13,8 @@ from tool.fileio import load_label_png, load_scores
 from voc12.voc import load_img_id_list
 
 TINY = [
-    "--preset", "demo", "--toy_num_train", "8", "--toy_num_val", "2", "--toy_size", "72", "--figure_images", "2",
+    "--preset", "demo", "--ablation", "--toy_num_train", "8", "--toy_num_val", "2", "--toy_size", "72",
+    "--figure_images", "2",
     "--train_cls_args", "--max_epoches 1 --batch_size 4 --crop_size 64 --resize_long 64 80 --val_crop_size 72 "
                         "--num_workers 0 --bn_calib_batches 1",
     "--infer_cls_args", "--num_workers 0 --crf_workers 0 --scales 1.0 0.5",
@@ -62,9 +63,13 @@ def test_summary_is_consistent(demo):
     rw_eval = json.loads((work / "ssenet" / "eval_rw.json").read_text())
     assert on_disk["cam_miou"] == pytest.approx(cam_eval["mIoU"])
     assert on_disk["rw_miou"] == pytest.approx(rw_eval["mIoU"])
-    stages = {"data", "ssenet/train_cls", "ssenet/infer_cls", "ssenet/eval_cam", "ssenet/train_aff",
-              "ssenet/infer_aff", "ssenet/eval_rw"}  # fmt: skip
+    per_variant = ("train_cls", "infer_cls", "eval_cam", "train_aff", "infer_aff", "eval_rw")
+    stages = {"data"} | {f"{v}/{s}" for v in ("ssenet", "baseline") for s in per_variant}
     assert set(on_disk["stage_seconds"]) == stages
+    # --ablation: the baseline is trained with --ser_weight 0 and scored beside SSENet.
+    assert set(on_disk["variants"]) == {"ssenet", "baseline"}
+    log = (work / "baseline" / "resnet38_cls_ser.log").read_text()
+    assert '"ser_weight": 0.0' in log and "loss_ser" not in log.split("epoch 0 done")[-1]
     assert on_disk["settings"]["preset_flags"]["common"] == ["--width_mult", "0.125", "--device", "cpu"]
 
 
