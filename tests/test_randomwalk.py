@@ -133,7 +133,7 @@ def test_one_step_by_hand_5x9():
     expected[4] = 1 / 18
     for mode in ("sparse", "dense"):
         out = walk(aff, cams, beta=8, logt=0, mode=mode)
-        np.testing.assert_allclose(out.reshape(45), expected, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(out.reshape(45), expected, rtol=0, atol=1e-6)  # float32 rounding of scores <= 1
     assert np.count_nonzero(expected) == 35
 
 
