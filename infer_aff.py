@@ -6,7 +6,7 @@
 For each image: predict the pair affinities on the stride-8 grid, build the
 transition matrix T (affinities ** beta, column-normalised) and propagate the
 grid-pooled CAMs, with a constant background score, by ``T ** (2 ** logt)``.
-``tool.randomwalk.propagate`` does this without forming T (sparse stencil).
+``tool.randomwalk.propagate`` does this without forming the dense T (a sparse matrix).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bg_score", type=float, default=0.2, help="constant background CAM score (reference: 0.2)")
     parser.add_argument("--crf", action="store_true", help="dense CRF (1 iteration) on the propagated scores")
     parser.add_argument("--rw_mode", choices=("sparse", "dense"), default="sparse",
-                        help="sparse stencil (ours) or the reference's dense T squared logt times")  # fmt: skip
+                        help="sparse matrix (ours) or the reference's dense T squared logt times")  # fmt: skip
     parser.add_argument("--width_mult", type=float, default=1.0, help="channel width multiplier of the network")
     parser.add_argument("--allow_pickle", action="store_true", help="read the reference's pickled .npy CAM files")
     parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")

@@ -373,3 +373,14 @@ def test_each_rank_writes_its_share(toy, tmp_path, monkeypatch):
         assert summary["done"] == len(toy["ids"][rank::2]) and summary["skipped"] == 0
         written = {p.stem for p in (out / "cam").glob("*.npz")}
         assert written == (set(toy["ids"]) if rank else set(toy["ids"][0::2]))
+
+
+def test_atomic_outputs_get_umask_permissions(tmp_path):
+    # mkstemp makes 0600 files; outputs must be readable like any file the user writes.
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "x.txt") as tmp:
+            Path(tmp).write_text("x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o644
