@@ -27,7 +27,7 @@ from network import build_network
 from network.resnet38d import load_weights
 from tool import pyutils, torchutils
 from tool.crf import crf_inference
-from tool.fileio import load_scores, save_png, save_scores, score_file
+from tool.fileio import load_scores, remove_stale_temps, save_png, save_scores, score_file
 from tool.imutils import hwc_to_chw, normalize
 from tool.randomwalk import DEFAULT_RADIUS, propagate
 from voc12.data import VOC12ImageDataset
@@ -113,6 +113,8 @@ def main(args: argparse.Namespace) -> dict:
     ids = torchutils.shard(load_img_id_list(args.infer_list))
     todo = ids if args.overwrite else [i for i in ids if not done(i)]
     logger.info("%d images, %d to do on this rank", len(ids), len(todo))
+    folders = {out_rw} | ({Path(args.out_rw_scores)} if args.out_rw_scores else set())
+    remove_stale_temps(folders, set(todo))  # hidden temp files of a killed run
     summary = {"images": len(ids), "done": 0, "skipped": len(ids) - len(todo)}
     if not todo:
         return summary

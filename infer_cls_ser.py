@@ -55,7 +55,7 @@ from network.resnet38d import load_weights
 from tool import pyutils, torchutils
 from tool.camutils import max_norm
 from tool.crf import crf_scores_with_alpha
-from tool.fileio import SCORE_DTYPES, atomic_path, save_png, save_scores
+from tool.fileio import SCORE_DTYPES, atomic_path, remove_stale_temps, save_png, save_scores
 from tool.visualization import cam_overlay
 from voc12.data import MSF_SCALES, VOC12ClsDatasetMSF
 from voc12.make_cls_labels import load_or_build_cls_labels
@@ -201,27 +201,6 @@ def output_paths(args: argparse.Namespace, image_id: str) -> dict[str, Path]:
     if args.out_vis:
         paths["vis"] = Path(args.out_vis) / f"{image_id}.png"
     return paths
-
-
-def remove_stale_temps(folders: set[Path], image_ids: set[str]) -> int:
-    """Delete the hidden temporary files a killed run left for ``image_ids``; returns how many.
-
-    ``tool.fileio.atomic_path`` names them ``.<id>.<random>.tmp<suffix>`` (the random part has no dot).
-    Only ids about to be recomputed are touched, so other ranks' files in flight are safe.
-    """
-    removed = 0
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for entry in os.scandir(folder):
-            name = entry.name
-            if not name.startswith(".") or ".tmp" not in name:
-                continue
-            stem = name[1:].rpartition(".tmp")[0].rpartition(".")[0]
-            if stem in image_ids:
-                os.remove(entry.path)
-                removed += 1
-    return removed
 
 
 # --------------------------------------------------------------------------- CRF worker pool

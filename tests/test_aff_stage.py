@@ -160,3 +160,13 @@ def test_infer_aff_cam_size_mismatch_is_named(toy, tmp_path):
         save_scores(cam_dir / f"{image_id}.npz", [0], np.zeros((1, 5, 5), np.float32))
     with pytest.raises(ValueError, match=str(cam_dir)):
         infer_aff.main(infer_args(toy, tmp_path, "--cam_dir", str(cam_dir)))
+
+
+def test_infer_aff_removes_temp_files_of_a_killed_run(toy, tmp_path):
+    ids = load_img_id_list(toy["train_list"])
+    stale = tmp_path / "rw" / f".{ids[0]}.abc123.tmp.png"  # the name tool.fileio.atomic_path gives temp files
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"partial")
+    infer_aff.main(infer_args(toy, tmp_path))
+    assert not stale.exists()
+    assert sorted(p.name for p in (tmp_path / "rw").iterdir()) == sorted(f"{i}.png" for i in ids)

@@ -23,7 +23,7 @@ import infer_cls_ser
 from network.resnet38_cls_ser import Net
 from tests.helpers import fill_reference_weights
 from tool import imutils, torchutils
-from tool.fileio import atomic_path, load_scores
+from tool.fileio import atomic_path, load_scores, remove_stale_temps
 from voc12.make_cls_labels import load_or_build_cls_labels
 from voc12.make_toy_voc import make_toy_voc
 from voc12.voc import CLASS_NAMES, voc_palette
@@ -309,7 +309,7 @@ def test_remove_stale_temps_matches_atomic_path_names(tmp_path):
     with pytest.raises(FileNotFoundError), atomic_path(folder / "2007_000001.npz") as tmp:
         assert Path(tmp).name.startswith(".2007_000001.")
         # The temporary file of an id being recomputed goes; the other id's stays.
-        assert infer_cls_ser.remove_stale_temps({folder, tmp_path / "absent"}, {"2007_000001"}) == 1
+        assert remove_stale_temps({folder, tmp_path / "absent"}, {"2007_000001"}) == 1
         assert not Path(tmp).exists()
     assert sorted(p.name for p in folder.iterdir()) == [".2007_0000011.abc_9.tmp.npz", "2007_000001.npz"]
 

@@ -50,6 +50,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         raise
 
 
+def remove_stale_temps(folders: set[Path], image_ids: set[str]) -> int:
+    """Delete the hidden temporary files a killed run left for ``image_ids``; returns how many.
+
+    ``atomic_path`` names them ``.<id>.<random>.tmp<suffix>`` (the random part has no dot).
+    Only ids about to be recomputed are touched, so other ranks' files in flight are safe.
+    """
+    removed = 0
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            name = entry.name
+            if not name.startswith(".") or ".tmp" not in name:
+                continue
+            stem = name[1:].rpartition(".tmp")[0].rpartition(".")[0]
+            if stem in image_ids:
+                os.remove(entry.path)
+                removed += 1
+    return removed
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write(text)
