@@ -19,6 +19,9 @@ The CLI also writes the lists the reference's defaults point to:
 id per line, then labels for every id of every list:
 
     python -m voc12.make_cls_labels --voc12_root VOC2012 [--out voc12/cls_labels.npz] [--list_dir voc12]
+    cd voc12; python make_cls_labels.py --voc12_root ../VOC2012    # the published README's way, same files
+
+The defaults are this folder (``voc12/``), wherever the command runs from.
 """
 
 from __future__ import annotations
@@ -26,18 +29,23 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from tool.fileio import atomic_path, atomic_write_text
+if not __package__:  # run as a file from inside voc12/ (the published README): make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tool.fileio import atomic_path, atomic_write_text  # noqa: E402
 from voc12.voc import CLASS_NAMES, NUM_FG_CLASSES, annotation_path, load_img_id_list, parse_list_line
 
 logger = logging.getLogger(__name__)
 
 CLASS_INDEX = {name: index for index, name in enumerate(CLASS_NAMES)}
+VOC12_DIR = Path(__file__).resolve().parent
 
 
 def parse_annotation(xml_path: str | os.PathLike) -> list[str]:
@@ -221,10 +229,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write VOC image lists and image-level class labels (.npz).")
     parser.add_argument("--voc12_root", type=str, required=True, help="VOC2012 devkit folder (JPEGImages, ...)")
     parser.add_argument(
-        "--out", type=str, default="voc12/cls_labels.npz", help="label file: .npz with 'ids' and 'labels' (N, 20)"
+        "--out",
+        type=str,
+        default=str(VOC12_DIR / "cls_labels.npz"),
+        help="label file: .npz with 'ids' and 'labels' (N, 20) (default: voc12/cls_labels.npz of this repository)",
     )
     parser.add_argument(
-        "--list_dir", type=str, default="voc12", help="where train.txt, val.txt, train_aug.txt are written"
+        "--list_dir",
+        type=str,
+        default=str(VOC12_DIR),
+        help="where train.txt, val.txt, train_aug.txt are written (default: voc12/ of this repository)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace list files that list different ids")
     return parser
