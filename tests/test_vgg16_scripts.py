@@ -205,3 +205,26 @@ def test_resnet38_scripts_keep_the_imagenet_normalisation():
     assert resnet38_cls_ser.Net.normalize is imutils.normalize
     assert resnet38_aff.Net.normalize is imutils.normalize
     assert vgg16_cls_ser.Net.normalize is vgg16d.normalize
+
+
+@pytest.mark.parametrize(
+    "backbone, cls, aff", [("resnet38", "resnet38_cls_ser", "resnet38_aff"), ("vgg16", "vgg16_cls_ser", "vgg16_aff")]
+)
+def test_pipeline_backbone_picks_each_stage_network(backbone, cls, aff, tmp_path):
+    import run_pipeline
+
+    args = run_pipeline.get_args_parser().parse_args(
+        ["--preset", "demo", "--work_dir", str(tmp_path), "--backbone", backbone, "--train_aff_args", "--network x"]
+    )
+    pipe = run_pipeline.Pipeline(args)
+
+    def network_of(stage):
+        flags = pipe.flags(stage)
+        last = max(i for i, flag in enumerate(flags) if flag == "--network")  # argparse keeps the last one
+        return flags[last + 1]
+
+    assert [network_of(s) for s in ("train_cls", "infer_cls", "infer_aff")] == [f"network.{cls}"] * 2 + [
+        f"network.{aff}"
+    ]
+    assert network_of("train_aff") == "x"  # the user's --<stage>_args still override
+    assert pipe.flags("train_aff")[:2] == ["--network", f"network.{aff}"]
