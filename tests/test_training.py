@@ -272,7 +272,7 @@ def _poly_setup(momentum=None):
     p1 = nn.Parameter(torch.from_numpy(ref["init"][:4].copy()))
     p2 = nn.Parameter(torch.from_numpy(ref["init"][4:].copy()))
     groups = [{"params": [p1], "lr": 0.01, "weight_decay": 5e-4}, {"params": [p2], "lr": 0.1, "weight_decay": 0.0}]
-    opt = torchutils.PolyOptimizer(groups, lr=0.01, weight_decay=5e-4, max_step=6, momentum=momentum)
+    opt = torchutils.PolyOptimizer(groups, lr=0.01, weight_decay=5e-4, max_step=6, sgd_momentum=momentum)
     return ref, p1, p2, opt
 
 

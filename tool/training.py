@@ -58,8 +58,9 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
     parser.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes per rank")
     parser.add_argument("--wt_dec", type=float, default=5e-4, help="weight decay")
     parser.add_argument(
-        "--momentum", type=float, default=None,
-        help="SGD momentum; default: equal to --wt_dec, the reference's positional-argument quirk (0.9 fixes it)",
+        "--sgd_momentum", "--momentum", dest="momentum", type=float, default=None,
+        help="SGD momentum (not the poly power); default: equal to --wt_dec, the reference's positional-argument "
+        "quirk (0.9 fixes it)",
     )  # fmt: skip
     parser.add_argument("--weights", type=str, default=None, help="init weights: MXNet .params or a .pth state dict")
     parser.add_argument(
