@@ -42,10 +42,12 @@ class Net(resnet38d.Net):
         return self
 
     def parameter_groups(self) -> list[list[nn.Parameter]]:
-        """The backbone's four groups, with the BatchNorm affine parameters added to the pretrained ones."""
+        """Every layer trains from scratch here, so all share one learning rate: [weights, biases, [], []]
+        (the conv weights and BatchNorm scales, then the BatchNorm shifts)."""
         groups = super().parameter_groups()
+        weights, biases = groups[0] + groups[2], groups[1] + groups[3]
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):
-                groups[0].append(m.weight)
-                groups[1].append(m.bias)
-        return groups
+                weights.append(m.weight)
+                biases.append(m.bias)
+        return [weights, biases, [], []]

@@ -94,7 +94,38 @@ def set_rng_state(state: dict) -> None:
 DEFAULT_POLY_POWER = 0.9
 
 
-class PolyOptimizer(torch.optim.SGD):
+class _PolySchedule:
+    """Mixin for a torch optimiser: ``lr = lr0 * (1 - step / max_step) ** poly_power``, set before each step;
+    the step count travels with ``state_dict`` so a resumed run continues the schedule."""
+
+    def _init_poly(self, max_step: int, poly_power: float) -> None:
+        self.global_step = 0
+        self.max_step = max_step
+        self.poly_power = poly_power
+        self.initial_lrs = [group["lr"] for group in self.param_groups]
+
+    def step(self, closure=None):
+        if self.global_step < self.max_step:
+            lr_mult = (1 - self.global_step / self.max_step) ** self.poly_power
+            for group, lr0 in zip(self.param_groups, self.initial_lrs, strict=True):
+                group["lr"] = lr0 * lr_mult
+        loss = super().step(closure)
+        self.global_step += 1
+        return loss
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["poly"] = {"global_step": self.global_step, "max_step": self.max_step, "initial_lrs": self.initial_lrs}
+        return state
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        poly = state_dict.pop("poly")
+        super().load_state_dict(state_dict)
+        self.global_step, self.max_step, self.initial_lrs = poly["global_step"], poly["max_step"], poly["initial_lrs"]
+
+
+class PolyOptimizer(_PolySchedule, torch.optim.SGD):
     """SGD with the poly schedule ``lr = lr0 * (1 - step / max_step) ** poly_power``, set before each step.
 
     The published signature ``PolyOptimizer(params, lr, weight_decay, max_step, momentum=0.9)``
@@ -127,51 +158,42 @@ class PolyOptimizer(torch.optim.SGD):
         poly_power = next((v for v in (poly_power, momentum) if v is not None), DEFAULT_POLY_POWER)
         sgd_momentum = weight_decay if sgd_momentum is None else sgd_momentum
         super().__init__(params, lr=lr, momentum=sgd_momentum, weight_decay=weight_decay)
-        self.global_step = 0
-        self.max_step = max_step
-        self.poly_power = poly_power
-        self.initial_lrs = [group["lr"] for group in self.param_groups]
+        self._init_poly(max_step, poly_power)
 
-    def step(self, closure=None):
-        if self.global_step < self.max_step:
-            lr_mult = (1 - self.global_step / self.max_step) ** self.poly_power
-            for group, lr0 in zip(self.param_groups, self.initial_lrs, strict=True):
-                group["lr"] = lr0 * lr_mult
-        loss = super().step(closure)
-        self.global_step += 1
-        return loss
 
-    def state_dict(self):
-        state = super().state_dict()
-        state["poly"] = {"global_step": self.global_step, "max_step": self.max_step, "initial_lrs": self.initial_lrs}
-        return state
+class PolyAdam(_PolySchedule, torch.optim.Adam):
+    """Adam with the same poly schedule and parameter groups: not in the reference; the CPU demo's pretraining
+    stage uses it, because a from-scratch ResNet38 leaves the class-prior plateau much sooner with it than with
+    SGD (docs/method.md#toy-data-and-the-cpu-demo)."""
 
-    def load_state_dict(self, state_dict):
-        state_dict = dict(state_dict)
-        poly = state_dict.pop("poly")
-        super().load_state_dict(state_dict)
-        self.global_step, self.max_step, self.initial_lrs = poly["global_step"], poly["max_step"], poly["initial_lrs"]
+    def __init__(self, params, lr: float, weight_decay: float, max_step: int, poly_power: float = DEFAULT_POLY_POWER):
+        super().__init__(params, lr=lr, weight_decay=weight_decay)
+        self._init_poly(max_step, poly_power)
 
 
 def make_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, max_step: int, sgd_momentum: float | None = None
-) -> PolyOptimizer:
-    """PolyOptimizer over the 4 groups of SPEC section 2 (lr, 2 lr, 10 lr, 20 lr; no decay on biases).
-
-    ``sgd_momentum=None`` is the reference quirk (SGD momentum = ``weight_decay``)."""
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    max_step: int,
+    sgd_momentum: float | None = None,
+    optimizer: str = "sgd",
+) -> PolyOptimizer | PolyAdam:
+    """The poly-schedule optimiser over the 4 groups of docs/method.md#ssenet-network (lr, 2 lr, 10 lr, 20 lr;
+    no decay on biases): ``"sgd"`` (the reference's ``PolyOptimizer``; ``sgd_momentum=None`` is its quirk,
+    momentum = ``weight_decay``) or ``"adam"`` (``PolyAdam``)."""
     groups = model.parameter_groups()
-    return PolyOptimizer(
-        [
-            {"params": groups[0], "lr": lr, "weight_decay": weight_decay},
-            {"params": groups[1], "lr": 2 * lr, "weight_decay": 0},
-            {"params": groups[2], "lr": 10 * lr, "weight_decay": weight_decay},
-            {"params": groups[3], "lr": 20 * lr, "weight_decay": 0},
-        ],
-        lr=lr,
-        weight_decay=weight_decay,
-        max_step=max_step,
-        sgd_momentum=sgd_momentum,
-    )
+    param_groups = [
+        {"params": groups[0], "lr": lr, "weight_decay": weight_decay},
+        {"params": groups[1], "lr": 2 * lr, "weight_decay": 0},
+        {"params": groups[2], "lr": 10 * lr, "weight_decay": weight_decay},
+        {"params": groups[3], "lr": 20 * lr, "weight_decay": 0},
+    ]
+    if optimizer == "adam":
+        return PolyAdam(param_groups, lr=lr, weight_decay=weight_decay, max_step=max_step)
+    if optimizer != "sgd":
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    return PolyOptimizer(param_groups, lr=lr, weight_decay=weight_decay, max_step=max_step, sgd_momentum=sgd_momentum)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -62,6 +62,12 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
         help="SGD momentum (not the poly power); default: equal to --wt_dec, the reference's positional-argument "
         "quirk (0.9 fixes it)",
     )  # fmt: skip
+    parser.add_argument(
+        "--optimizer",
+        choices=("sgd", "adam"),
+        default="sgd",
+        help="sgd: the reference's poly SGD; adam: poly Adam (not in the reference; the demo's pretraining stage)",
+    )
     parser.add_argument("--weights", type=str, default=None, help="init weights: MXNet .params or a .pth state dict")
     parser.add_argument(
         "--from_scratch", action="store_true",
@@ -189,7 +195,7 @@ def train(
     max_step = steps_per_epoch * args.max_epoches
 
     model.to(device)
-    optimizer = torchutils.make_optimizer(model, args.lr, args.wt_dec, max_step, args.momentum)
+    optimizer = torchutils.make_optimizer(model, args.lr, args.wt_dec, max_step, args.momentum, args.optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
 
     start_step = 0
