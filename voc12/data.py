@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import ColorJitter
 
 from tool import imutils
+from tool.cli import InputError
 from tool.fileio import load_scores, score_file
 from tool.randomwalk import DEFAULT_RADIUS, from_region, pair_slices
 from voc12.voc import IGNORE_INDEX, NUM_FG_CLASSES, jpeg_path, load_img_id_list
@@ -49,9 +50,22 @@ def item_rng() -> np.random.Generator:
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image as 3-channel RGB (VOC has a few CMYK/grey JPEGs)."""
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    """Open an image as 3-channel 8-bit RGB (VOC has a few CMYK/grey JPEGs).
+
+    Images of more than 8 bits per channel are refused: Pillow's RGB conversion
+    clips them (a 16-bit image turns all white). A truncated or unreadable file
+    raises :class:`InputError` naming it.
+    """
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("I", "F") or img.mode.startswith(("I;", "BGR;")):
+                raise InputError(
+                    f"{path}: {img.mode} image ({'float' if img.mode == 'F' else 'more than 8 bits per channel'}); "
+                    "expected an 8-bit RGB or grey JPEG: convert it to 8 bits first"
+                )
+            return img.convert("RGB")
+    except OSError as e:  # truncated JPEG, unknown format (UnidentifiedImageError), unreadable file
+        raise InputError(f"{path}: cannot read the image, truncated or not an image? ({e})") from None
 
 
 def _require_files(paths: Mapping[str, Path], what: str, list_path: str | os.PathLike) -> None:
@@ -126,7 +140,7 @@ class VOC12ClsDataset(Dataset):
         labels: Mapping[str, np.ndarray],
         transform: Callable[[Image.Image], Any] | None = None,
     ) -> None:
-        self.ids = load_img_id_list(list_path)
+        self.ids = load_img_id_list(list_path, duplicates="drop")
         self.voc12_root = Path(voc12_root)
         self.labels = _label_matrix(self.ids, labels, list_path)
         self.transform = transform
@@ -160,7 +174,7 @@ class VOC12ClsDatasetMSF(Dataset):
         labels: Mapping[str, np.ndarray],
         scales: Sequence[float] = MSF_SCALES,
     ) -> None:
-        self.ids = load_img_id_list(list_path)
+        self.ids = load_img_id_list(list_path, duplicates="drop")
         self.voc12_root = Path(voc12_root)
         self.labels = _label_matrix(self.ids, labels, list_path)
         self.scales = tuple(scales)
@@ -245,7 +259,7 @@ class VOC12AffDataset(Dataset):
         radius: int = DEFAULT_RADIUS,
         allow_pickle: bool = False,
     ) -> None:
-        self.ids = load_img_id_list(list_path)
+        self.ids = load_img_id_list(list_path, duplicates="drop")
         self.voc12_root = Path(voc12_root)
         self.la_crf_dir, self.ha_crf_dir = Path(la_crf_dir), Path(ha_crf_dir)
         self.crop_size = crop_size
@@ -303,7 +317,7 @@ class VOC12ImageDataset(Dataset):
     """Plain images of a list (or of ``ids``): items are ``(id, (H, W, 3) uint8 tensor)``."""
 
     def __init__(self, list_path: str | os.PathLike, voc12_root: str | os.PathLike, ids: Sequence[str] | None = None):
-        self.ids = list(ids) if ids is not None else load_img_id_list(list_path)
+        self.ids = list(ids) if ids is not None else load_img_id_list(list_path, duplicates="drop")
         self.voc12_root = Path(voc12_root)
         _require_files({i: jpeg_path(voc12_root, i) for i in self.ids}, "JPEG image", list_path)
 
