@@ -31,8 +31,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import ColorJitter
 
 from tool import imutils
-from tool.cli import InputError
-from tool.fileio import load_scores, score_file
+from tool.cli import InputError, MissingFileError
+from tool.fileio import load_scores, missing_score_file_message, score_file
 from tool.randomwalk import DEFAULT_RADIUS, from_region, pair_slices
 from voc12.voc import IGNORE_INDEX, NUM_FG_CLASSES, jpeg_path, load_img_id_list
 
@@ -271,7 +271,10 @@ class VOC12AffDataset(Dataset):
         _require_files({i: jpeg_path(voc12_root, i) for i in self.ids}, "JPEG image", list_path)
         for crf_dir in (self.la_crf_dir, self.ha_crf_dir):
             paths = {i: score_file(crf_dir, i, allow_pickle) for i in self.ids}
-            _require_files(paths, f"CRF score (in {crf_dir})", list_path)
+            missing = [p for p in paths.values() if not p.is_file()]
+            if missing:
+                first = missing_score_file_message(missing[0])
+                raise MissingFileError(f"{len(missing)} CRF score file(s) of {list_path} missing; first: {first}")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -279,15 +282,15 @@ class VOC12AffDataset(Dataset):
     def _load_crf_scores(self, image_id: str, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         la_path = score_file(self.la_crf_dir, image_id, self.allow_pickle)
         ha_path = score_file(self.ha_crf_dir, image_id, self.allow_pickle)
-        la_keys, la_scores = load_scores(la_path, self.allow_pickle)
-        ha_keys, ha_scores = load_scores(ha_path, self.allow_pickle)
+        la_keys, la_scores = load_scores(la_path, self.allow_pickle, kind="crf")
+        ha_keys, ha_scores = load_scores(ha_path, self.allow_pickle, kind="crf")
         if not np.array_equal(la_keys, ha_keys):
-            raise ValueError(f"CRF score files disagree on keys: {la_path} has {la_keys}, {ha_path} has {ha_keys}")
+            raise InputError(f"CRF score files disagree on keys: {la_path} has {la_keys}, {ha_path} has {ha_keys}")
         if la_keys.size == 0 or la_keys[0] != 0:
-            raise ValueError(f"{la_path}: CRF keys {la_keys} must start with 0 (background)")
+            raise InputError(f"{la_path}: CRF keys {la_keys} must start with 0 (background)")
         for path, scores in ((la_path, la_scores), (ha_path, ha_scores)):
             if scores.shape[1:] != hw:
-                raise ValueError(f"{path}: scores are {scores.shape[1:]} but image {image_id} is {hw}")
+                raise InputError(f"{path}: scores are {scores.shape[1:]} but image {image_id} is {hw}")
         return la_scores, ha_scores
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
