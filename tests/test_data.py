@@ -110,7 +110,9 @@ def voc(tmp_path_factory):
         labels[image_id][[3, 15][: i + 1]] = 1
         logits = rng.normal(size=(3, h, w)) * 3
         save_scores(root / "la" / f"{image_id}.npz", CRF_KEYS, _softmax(logits), kind="crf")
-        save_scores(root / "ha" / f"{image_id}.npz", CRF_KEYS, _softmax(logits + rng.normal(size=(3, h, w))), kind="crf")
+        save_scores(
+            root / "ha" / f"{image_id}.npz", CRF_KEYS, _softmax(logits + rng.normal(size=(3, h, w))), kind="crf"
+        )
     # constant scores: every cell is class index 1 in both folders
     const = np.zeros((3, 120, 100), np.float32)
     const[1] = 0.9

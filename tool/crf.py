@@ -46,7 +46,10 @@ def crf_inference(
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=GAUSSIAN_SXY / scale_factor, compat=GAUSSIAN_COMPAT)
     crf.addPairwiseBilateral(
-        sxy=BILATERAL_SXY / scale_factor, srgb=BILATERAL_SRGB, rgbim=np.require(img, np.uint8, ["C", "W"]), compat=BILATERAL_COMPAT
+        sxy=BILATERAL_SXY / scale_factor,
+        srgb=BILATERAL_SRGB,
+        rgbim=np.require(img, np.uint8, ["C", "W"]),
+        compat=BILATERAL_COMPAT,
     )
     q = crf.inference(t)
     return np.asarray(q, dtype=np.float32).reshape(n_labels, h, w)
