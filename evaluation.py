@@ -179,16 +179,20 @@ def evaluate(
 
 
 def summarize(conf: np.ndarray) -> dict:
-    """JSON-ready scores of one confusion matrix: IoU, mIoU, precision, recall in percent; the
-    reference's T/TP, P/TP, FP/ALL, FN/ALL (foreground means) as plain ratios."""
+    """JSON-ready scores of one confusion matrix: IoU, mIoU (all 21 classes), mIoU_present (the classes
+    with ground-truth pixels, named in present_classes), precision, recall in percent; the reference's
+    T/TP, P/TP, FP/ALL, FN/ALL (means over the present foreground classes) as plain ratios."""
     scores = scores_from_confusion(conf)
     per_class = {
         key: dict(zip(CAT_NAMES_WITH_BG, (100 * scores[key]).tolist(), strict=True))
         for key in ("IoU", "precision", "recall")
     }
+    present = [name for name, p in zip(CAT_NAMES_WITH_BG, scores["present"], strict=True) if p]
     return {
         "mIoU": 100 * scores["mIoU"],
         "mIoU_foreground": 100 * scores["mIoU_foreground"],
+        "mIoU_present": None if scores["mIoU_present"] is None else 100 * scores["mIoU_present"],
+        "present_classes": present,
         "IoU": per_class["IoU"],
         "T/TP": scores["T/TP"],
         "P/TP": scores["P/TP"],
@@ -200,13 +204,19 @@ def summarize(conf: np.ndarray) -> dict:
 
 
 def format_table(result: dict) -> str:
-    """The reference's printout: class IoUs two per line, then the mIoU and the diagnostics."""
+    """The reference's printout (class IoUs two per line, mIoU, diagnostics) plus the present-class mIoU."""
     cells = [f"{name:>11s}:{iou:7.3f}%" for name, iou in result["IoU"].items()]
     lines = ["\t".join(cells[i : i + 2]) for i in range(0, len(cells), 2)]
     lines.append("=" * 54)
-    lines.append(f"{'mIoU':>11s}:{result['mIoU']:7.3f}%")
+    n_all, present = len(result["IoU"]), result["present_classes"]
+    lines.append(f"{'mIoU':>11s}:{result['mIoU']:7.3f}%  (all {n_all} classes, the VOC formula)")
     lines.append(f"{'fg mIoU':>11s}:{result['mIoU_foreground']:7.3f}%")
-    lines.append("  ".join(f"{key} {result[key]:.4f}" for key in ("T/TP", "P/TP", "FP/ALL", "FN/ALL")))
+    if result["mIoU_present"] is not None:
+        lines.append(f"{'present':>11s}:{result['mIoU_present']:7.3f}%  ({len(present)} classes with GT pixels)")
+    n_fg = len(present) - ("background" in present)
+    if n_fg:
+        diagnostics = "  ".join(f"{key} {result[key]:.4f}" for key in ("T/TP", "P/TP", "FP/ALL", "FN/ALL"))
+        lines.append(f"{diagnostics}  (means over the {n_fg} foreground classes with GT pixels)")
     return "\n".join(lines)
 
 
@@ -241,11 +251,14 @@ def main(args: argparse.Namespace) -> dict:
     if args.curve:
         curve = [{"t": t, **summarize(c)} for t, c in zip(thresholds, conf, strict=True)]
         best = int(np.argmax([point["mIoU"] for point in curve]))  # first best: the lowest t on ties
-        print(f"{'t':>5s} {'mIoU':>8s} {'fg mIoU':>8s}")
+        print(f"{'t':>5s} {'mIoU':>8s} {'fg mIoU':>8s} {'present':>8s}")
         for point in curve:
-            print(f"{point['t']:5.2f} {point['mIoU']:7.3f}% {point['mIoU_foreground']:7.3f}%")
+            present = point["mIoU_present"] if point["mIoU_present"] is not None else float("nan")
+            print(f"{point['t']:5.2f} {point['mIoU']:7.3f}% {point['mIoU_foreground']:7.3f}% {present:7.3f}%")
         result = {**summarize(conf[best]), "t": thresholds[best], "best_t": thresholds[best]}
-        result["curve"] = [{key: point[key] for key in ("t", "mIoU", "mIoU_foreground")} for point in curve]
+        result["curve"] = [
+            {key: point[key] for key in ("t", "mIoU", "mIoU_foreground", "mIoU_present")} for point in curve
+        ]
         setting = f"npy curve, best t={result['t']:.2f}"
     else:
         result = {**summarize(conf[0]), "t": args.t if args.type == "npy" else None}
@@ -260,7 +273,8 @@ def main(args: argparse.Namespace) -> dict:
     if args.curve:
         print(f"best background threshold t = {result['t']:.2f}: mIoU {result['mIoU']:.3f}%")
     if args.logfile:
-        append_log(args.logfile, args.comment, f"{setting}\tmIoU {result['mIoU']:.3f}")
+        present = "n/a" if result["mIoU_present"] is None else f"{result['mIoU_present']:.3f}"
+        append_log(args.logfile, args.comment, f"{setting}\tmIoU {result['mIoU']:.3f}\tpresent {present}")
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return result

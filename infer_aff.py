@@ -28,7 +28,7 @@ from network.resnet38d import load_weights
 from tool import cli, pyutils, torchutils
 from tool.crf import crf_inference
 from tool.fileio import load_scores, missing_score_file_message, remove_stale_temps, save_png, save_scores, score_file
-from tool.imutils import hwc_to_chw, normalize
+from tool.imutils import hwc_to_chw
 from tool.randomwalk import DEFAULT_RADIUS, propagate
 from voc12.data import VOC12ImageDataset
 from voc12.voc import NUM_CLASSES, load_img_id_list, voc_palette
@@ -76,7 +76,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--bg_score", type=cli.unit_float, default=0.2, help="constant background CAM score in [0, 1] (reference: 0.2)"
     )
-    parser.add_argument("--crf", action="store_true", help="dense CRF (1 iteration) on the propagated scores")
+    parser.add_argument(
+        "--crf",
+        type=pyutils.bool_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="dense CRF (1 iteration) on the propagated scores: --crf, --crf True or --crf False (default: off)",
+    )
     parser.add_argument("--rw_mode", choices=("sparse", "dense"), default="sparse",
                         help="sparse matrix (ours) or the reference's dense T squared logt times")  # fmt: skip
     parser.add_argument(
@@ -112,7 +120,7 @@ def random_walk_image(model, image: np.ndarray, keys, cams, args, device) -> tup
         max(math.ceil(height / STRIDE), DEFAULT_RADIUS) * STRIDE,
         max(math.ceil(width / STRIDE), 2 * DEFAULT_RADIUS - 1) * STRIDE,
     )
-    x = torch.from_numpy(hwc_to_chw(normalize(image)))[None]
+    x = torch.from_numpy(hwc_to_chw(model.normalize(image)))[None]
     x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height))  # zeros after normalisation
     with torchutils.autocast(device, args.amp):
         aff = model(x.to(device))[0].float()  # (34, n_from)

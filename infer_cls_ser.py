@@ -312,11 +312,13 @@ def run_images(args: argparse.Namespace, ids: list[str], todo: list[int], device
     """CAMs and outputs of ``ids[i]`` for ``i`` in ``todo``; returns how many images were processed."""
     threads = torch.get_num_threads()
     with CrfPool(args.crf_workers if args.out_crf else 0) as crf_pool:
-        labels = load_or_build_cls_labels(args.voc12_root, ids, args.cls_labels)
-        dataset = Subset(VOC12ClsDatasetMSF(args.infer_list, args.voc12_root, labels, args.scales), todo)
-        # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
-        loader = DataLoader(dataset, batch_size=None, num_workers=args.num_workers, pin_memory=device.type == "cuda")
         model = load_model(args, device)
+        labels = load_or_build_cls_labels(args.voc12_root, ids, args.cls_labels)
+        msf = VOC12ClsDatasetMSF(args.infer_list, args.voc12_root, labels, args.scales, model.normalize)
+        # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
+        loader = DataLoader(
+            Subset(msf, todo), batch_size=None, num_workers=args.num_workers, pin_memory=device.type == "cuda"
+        )
         if device.type == "cpu" and crf_pool.workers:
             # The CRF processes take CPUs from the network, and an oversubscribed OpenMP pool spins: give them up.
             torch.set_num_threads(max(1, threads - crf_pool.workers))

@@ -65,6 +65,13 @@ PRESETS = {
 }  # fmt: skip
 
 
+# --backbone: the network module of the CAM stages and of the affinity stages.
+BACKBONES = {
+    "resnet38": {"cls": "network.resnet38_cls_ser", "aff": "network.resnet38_aff"},
+    "vgg16": {"cls": "network.vgg16_cls_ser", "aff": "network.vgg16_aff"},
+}
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="SSENet + AffinityNet pipeline runner")
     parser.add_argument("--preset", choices=sorted(PRESETS), required=True, help="paper (VOC) or demo (toy, CPU)")
@@ -75,6 +82,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val_list", type=str, default="voc12/val.txt", help="paper: validation list")
     parser.add_argument("--eval_list", type=str, default="voc12/train.txt", help="paper: list scored (train)")
     parser.add_argument("--ablation", action="store_true", help="also run the --ser_weight 0 baseline")
+    parser.add_argument(
+        "--backbone",
+        choices=sorted(BACKBONES),
+        default="resnet38",
+        help="network of every stage: resnet38 (--weights .params) or vgg16 (--weights vgg16_20M.caffemodel)",
+    )
     parser.add_argument("--figure_images", type=int, default=4, help="val images in the figure grid (0: none)")
     for stage in ("train_cls", "infer_cls", "train_aff", "infer_aff"):
         parser.add_argument(f"--{stage}_args", type=str, default="", help=f"extra flags for the {stage} stage")
@@ -118,7 +131,8 @@ class Pipeline:
         p = self.preset
         common = p.get("common", [])
         train = p.get("train", []) if stage.startswith("train") else []
-        return [*common, *train, *p.get(stage, []), *shlex.split(getattr(self.args, f"{stage}_args"))]
+        network = ["--network", BACKBONES[self.args.backbone][stage.rpartition("_")[2]]]
+        return [*network, *common, *train, *p.get(stage, []), *shlex.split(getattr(self.args, f"{stage}_args"))]
 
     def all_exist(self, folder: Path, ids: list[str], suffix: str) -> bool:
         return folder.is_dir() and all((folder / f"{i}{suffix}").exists() for i in ids)

@@ -76,13 +76,17 @@ def make_loss_fn(branch_rate: float, ser_weight: float):
     return loss_fn
 
 
-def vis_fn(writer, vis, step: int) -> None:
-    """CAM overlays of both branches for the first image of the batch."""
-    image, label = vis["image"].float().cpu().numpy(), vis["label"].cpu().numpy()
-    writer.add_image("cam", cam_panel(image, vis["cam"].detach().float().cpu().numpy(), label), step)
-    if "cam_small" in vis:
-        cam_small = torch.nn.functional.interpolate(vis["cam_small"][None].detach().float(), size=image.shape[1:])
-        writer.add_image("cam_small", cam_panel(image, cam_small[0].cpu().numpy(), label), step)
+def make_vis_fn(denormalize):
+    """CAM overlays of both branches for the first image of the batch; ``denormalize`` is the network's."""
+
+    def vis_fn(writer, vis, step: int) -> None:
+        image, label = vis["image"].float().cpu().numpy(), vis["label"].cpu().numpy()
+        writer.add_image("cam", cam_panel(image, vis["cam"].detach().float().cpu().numpy(), label, denormalize), step)
+        if "cam_small" in vis:
+            cam_small = torch.nn.functional.interpolate(vis["cam_small"][None].detach().float(), size=image.shape[1:])
+            writer.add_image("cam_small", cam_panel(image, cam_small[0].cpu().numpy(), label, denormalize), step)
+
+    return vis_fn
 
 
 @torch.no_grad()
@@ -98,23 +102,25 @@ def evaluate(model, loader, device) -> dict[str, float]:
 
 
 def main(args: argparse.Namespace) -> dict:
+    model = training.build_model(args)
     ids = load_img_id_list(args.train_list)
     val_ids = load_img_id_list(args.val_list) if args.val_list else []
     labels = load_or_build_cls_labels(args.voc12_root, ids + val_ids, args.cls_labels)
-    dataset = VOC12ClsDataset(
-        args.train_list, args.voc12_root, labels, TrainClsTransform(tuple(args.resize_long), args.crop_size)
-    )
+    # The network's own input normalisation (ImageNet for ResNet38, Caffe BGR means for VGG16).
+    transform = TrainClsTransform(tuple(args.resize_long), args.crop_size, model.normalize)
+    dataset = VOC12ClsDataset(args.train_list, args.voc12_root, labels, transform)
     val_fn = None
     if args.val_list:
-        val_set = VOC12ClsDataset(args.val_list, args.voc12_root, labels, ValClsTransform(args.val_crop_size))
+        val_transform = ValClsTransform(args.val_crop_size, model.normalize)
+        val_set = VOC12ClsDataset(args.val_list, args.voc12_root, labels, val_transform)
         val_loader = DataLoader(val_set, batch_size=max(1, args.batch_size // args.accum_steps), shuffle=False,
                                 num_workers=args.num_workers)  # fmt: skip
 
         def val_fn(model, device):
             return evaluate(model, val_loader, device)
 
-    model = training.build_model(args)
-    return training.train(args, model, dataset, make_loss_fn(args.branch_rate, args.ser_weight), val_fn, vis_fn)
+    loss_fn = make_loss_fn(args.branch_rate, args.ser_weight)
+    return training.train(args, model, dataset, loss_fn, val_fn, make_vis_fn(model.denormalize))
 
 
 if __name__ == "__main__":

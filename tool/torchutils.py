@@ -96,19 +96,42 @@ def set_rng_state(state: dict) -> None:
 # --------------------------------------------------------------------------- optimiser
 
 
+DEFAULT_POLY_POWER = 0.9
+
+
 class PolyOptimizer(torch.optim.SGD):
     """SGD with the poly schedule ``lr = lr0 * (1 - step / max_step) ** poly_power``, set before each step.
 
+    The published signature ``PolyOptimizer(params, lr, weight_decay, max_step, momentum=0.9)``
+    keeps its published meaning: there ``momentum`` is the poly power (the
+    published class stored it under that name and used it as the exponent), so
+    ``momentum=`` and ``poly_power=`` are the same argument here.
+
     Reference quirk (psa issue #28): the original passed the weight decay where
-    SGD expects momentum, so it trained with momentum = weight decay (5e-4).
-    ``momentum=None`` reproduces that; pass 0.9 for the intended optimiser.
+    SGD expects momentum, so it trained with SGD momentum = weight decay (5e-4).
+    ``sgd_momentum=None`` reproduces that; ``sgd_momentum=0.9`` is the intended optimiser.
     Per-group ``weight_decay`` in ``params`` overrides ``weight_decay``.
     """
 
-    def __init__(self, params, lr: float, weight_decay: float, max_step: int, momentum: float | None = None,
-                 poly_power: float = 0.9):  # fmt: skip
-        momentum = weight_decay if momentum is None else momentum
-        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    def __init__(
+        self,
+        params,
+        lr: float,
+        weight_decay: float,
+        max_step: int,
+        momentum: float | None = None,
+        *,
+        poly_power: float | None = None,
+        sgd_momentum: float | None = None,
+    ):
+        if momentum is not None and poly_power is not None and momentum != poly_power:
+            raise ValueError(
+                f"PolyOptimizer: momentum={momentum} and poly_power={poly_power} name the same poly power "
+                "(the published meaning of momentum); pass one. SGD momentum is sgd_momentum="
+            )
+        poly_power = next((v for v in (poly_power, momentum) if v is not None), DEFAULT_POLY_POWER)
+        sgd_momentum = weight_decay if sgd_momentum is None else sgd_momentum
+        super().__init__(params, lr=lr, momentum=sgd_momentum, weight_decay=weight_decay)
         self.global_step = 0
         self.max_step = max_step
         self.poly_power = poly_power
@@ -135,8 +158,12 @@ class PolyOptimizer(torch.optim.SGD):
         self.global_step, self.max_step, self.initial_lrs = poly["global_step"], poly["max_step"], poly["initial_lrs"]
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, max_step: int, momentum: float | None = None):
-    """PolyOptimizer over the 4 groups of SPEC section 2 (lr, 2 lr, 10 lr, 20 lr; no decay on biases)."""
+def make_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, max_step: int, sgd_momentum: float | None = None
+) -> PolyOptimizer:
+    """PolyOptimizer over the 4 groups of SPEC section 2 (lr, 2 lr, 10 lr, 20 lr; no decay on biases).
+
+    ``sgd_momentum=None`` is the reference quirk (SGD momentum = ``weight_decay``)."""
     groups = model.parameter_groups()
     return PolyOptimizer(
         [
@@ -148,7 +175,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, max_step: i
         lr=lr,
         weight_decay=weight_decay,
         max_step=max_step,
-        momentum=momentum,
+        sgd_momentum=sgd_momentum,
     )
 
 

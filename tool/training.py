@@ -74,12 +74,15 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
     )
     parser.add_argument("--wt_dec", type=cli.float_range(0, 1), default=5e-4, help="weight decay in [0, 1]")
     parser.add_argument(
+        "--sgd_momentum",
         "--momentum",
+        dest="momentum",
         type=cli.float_range(0, 1, hi_open=True),
         default=None,
-        help="SGD momentum; default: equal to --wt_dec, the reference's positional-argument quirk (0.9 fixes it)",
+        help="SGD momentum in [0, 1) (not the poly power); default: equal to --wt_dec, the reference's "
+        "positional-argument quirk (0.9 fixes it)",
     )
-    parser.add_argument("--weights", type=str, default=None, help="init weights: MXNet .params or a .pth state dict")
+    parser.add_argument("--weights", type=str, default=None, help="init weights: MXNet .params (ResNet38), Caffe .caffemodel (VGG16) or a .pth state dict")
     parser.add_argument(
         "--from_scratch", action="store_true",
         help="train without --weights: He init and BatchNorm statistics estimated from data (see --bn_calib_batches)",

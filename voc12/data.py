@@ -100,15 +100,21 @@ class TrainClsTransform:
     the array afterwards gives the same distribution.
     """
 
-    def __init__(self, resize_long: tuple[int, int] = (448, 768), crop_size: int = 448) -> None:
+    def __init__(
+        self,
+        resize_long: tuple[int, int] = (448, 768),
+        crop_size: int = 448,
+        normalize: imutils.Normalizer = imutils.normalize,
+    ) -> None:
         self.resize_long = resize_long
         self.crop_size = crop_size
+        self.normalize = normalize
         self.color_jitter = ColorJitter(**COLOR_JITTER)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         rng = item_rng()
         img = imutils.random_resize_long(img, *self.resize_long, rng)
-        arr = imutils.normalize(np.asarray(self.color_jitter(img)))
+        arr = self.normalize(np.asarray(self.color_jitter(img)))
         (arr,) = imutils.random_hflip(arr, rng=rng)
         (arr,) = imutils.random_crop(arr, crop_size=self.crop_size, rng=rng)
         return torch.from_numpy(imutils.hwc_to_chw(arr))
@@ -117,11 +123,12 @@ class TrainClsTransform:
 class ValClsTransform:
     """SPEC 3 validation input: normalise, centre crop (zero canvas), CHW -> (3, crop, crop) float32."""
 
-    def __init__(self, crop_size: int = 500) -> None:
+    def __init__(self, crop_size: int = 500, normalize: imutils.Normalizer = imutils.normalize) -> None:
         self.crop_size = crop_size
+        self.normalize = normalize
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        (arr,) = imutils.center_crop(imutils.normalize(np.asarray(img)), crop_size=self.crop_size)
+        (arr,) = imutils.center_crop(self.normalize(np.asarray(img)), crop_size=self.crop_size)
         return torch.from_numpy(imutils.hwc_to_chw(arr))
 
 
@@ -173,11 +180,13 @@ class VOC12ClsDatasetMSF(Dataset):
         voc12_root: str | os.PathLike,
         labels: Mapping[str, np.ndarray],
         scales: Sequence[float] = MSF_SCALES,
+        normalize: imutils.Normalizer = imutils.normalize,
     ) -> None:
         self.ids = load_img_id_list(list_path, duplicates="drop")
         self.voc12_root = Path(voc12_root)
         self.labels = _label_matrix(self.ids, labels, list_path)
         self.scales = tuple(scales)
+        self.normalize = normalize
         _require_files({i: jpeg_path(voc12_root, i) for i in self.ids}, "JPEG image", list_path)
 
     def __len__(self) -> int:
@@ -189,7 +198,7 @@ class VOC12ClsDatasetMSF(Dataset):
         return {
             "id": image_id,
             "image": torch.from_numpy(np.array(img)),
-            "inputs": [torch.from_numpy(x) for x in imutils.msf_inputs(img, self.scales)],
+            "inputs": [torch.from_numpy(x) for x in imutils.msf_inputs(img, self.scales, self.normalize)],
             "label": torch.from_numpy(self.labels[index].copy()),
         }
 
@@ -258,9 +267,11 @@ class VOC12AffDataset(Dataset):
         crop_size: int = 448,
         radius: int = DEFAULT_RADIUS,
         allow_pickle: bool = False,
+        normalize: imutils.Normalizer = imutils.normalize,
     ) -> None:
         self.ids = load_img_id_list(list_path, duplicates="drop")
         self.voc12_root = Path(voc12_root)
+        self.normalize = normalize
         self.la_crf_dir, self.ha_crf_dir = Path(la_crf_dir), Path(ha_crf_dir)
         self.crop_size = crop_size
         self.radius = radius
@@ -303,7 +314,7 @@ class VOC12AffDataset(Dataset):
         rng = item_rng()
         img_arr = np.asarray(self.color_jitter(img))
         img_arr, scores = imutils.random_crop(img_arr, scores, crop_size=self.crop_size, rng=rng)
-        img_arr, scores = imutils.random_hflip(imutils.normalize(img_arr), scores, rng=rng)
+        img_arr, scores = imutils.random_hflip(self.normalize(img_arr), scores, rng=rng)
         pooled = imutils.pool_scores(scores, FEATURE_STRIDE)  # (grid, grid, 2K)
 
         label = label_from_crf_scores(pooled[..., :n_keys], pooled[..., n_keys:])

@@ -8,7 +8,10 @@ ignoring unknown names; here any other unknown name is an error naming the file.
 
 The reference ships the labels as a pickled dict ``cls_labels.npy``; we store
 them as ``.npz`` with ``ids`` (str, (N,)) and ``labels`` (float32, (N, 20)),
-read with ``allow_pickle=False``, and build them on first use.
+read with ``allow_pickle=False``. ``voc12/cls_labels.npz`` ships the published
+labels of all 12,031 train_aug + val images without a dataset folder (valid for
+any devkit); this module regenerates such labels from the XML, and the scripts
+build a folder-bound cache on first use for ids no label file has.
 
 The CLI also writes the lists the reference's defaults point to:
 ``<list_dir>/train.txt``, ``val.txt`` (from ``ImageSets/Segmentation``) and
@@ -16,6 +19,9 @@ The CLI also writes the lists the reference's defaults point to:
 id per line, then labels for every id of every list:
 
     python -m voc12.make_cls_labels --voc12_root VOC2012 [--out voc12/cls_labels.npz] [--list_dir voc12]
+    cd voc12; python make_cls_labels.py --voc12_root ../VOC2012    # the published README's way, same files
+
+The defaults are this folder (``voc12/``), wherever the command runs from.
 """
 
 from __future__ import annotations
@@ -23,18 +29,23 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from tool.fileio import atomic_path, atomic_write_text
+if not __package__:  # run as a file from inside voc12/ (the published README): make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tool.fileio import atomic_path, atomic_write_text  # noqa: E402
 from voc12.voc import CLASS_NAMES, NUM_FG_CLASSES, annotation_path, load_img_id_list, parse_list_line
 
 logger = logging.getLogger(__name__)
 
 CLASS_INDEX = {name: index for index, name in enumerate(CLASS_NAMES)}
+VOC12_DIR = Path(__file__).resolve().parent
 
 
 def parse_annotation(xml_path: str | os.PathLike) -> list[str]:
@@ -109,6 +120,10 @@ def load_cls_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {str(image_id): matrix[row] for row, image_id in enumerate(ids)}
 
 
+# How many cached labels of a folder-independent file are checked against the folder's own XML.
+SPOT_CHECKS = 3
+
+
 def load_or_build_cls_labels(
     voc12_root: str | os.PathLike, ids: Iterable[str], cache_path: str | os.PathLike
 ) -> dict[str, np.ndarray]:
@@ -116,6 +131,12 @@ def load_or_build_cls_labels(
 
     A missing cache is built from the XML annotations; ids the cache lacks are read from XML and added, and the
     extended cache is written back atomically. Returns only the requested ids.
+
+    Two kinds of cache (docs/formats.md#label-cache): one built here remembers its dataset folder and refuses
+    any other; one without a folder (the shipped ``voc12/cls_labels.npz``, the published labels of every VOC 2012
+    image) is valid for any devkit. Such a file is never rewritten: ids it lacks are read from XML for this run
+    only, and, where the folder has annotations, the first few cached labels are checked against them, so
+    another dataset that reuses VOC ids (the toy one does) is refused instead of silently mislabelled.
     """
     cache_path = Path(cache_path)
     ids = list(dict.fromkeys(ids))
@@ -129,12 +150,29 @@ def load_or_build_cls_labels(
             f"--cls_labels {cache_path} was built from {cached_root}, not from --voc12_root {root}; "
             "point --cls_labels elsewhere or delete the file"
         )
+    portable = bool(labels) and cached_root is None
+    if portable:
+        _spot_check(cache_path, labels, ids, voc12_root)
     missing = [image_id for image_id in ids if image_id not in labels]
     if missing:
-        logger.info("class labels: reading %d annotations from %s into %s", len(missing), voc12_root, cache_path)
+        logger.info("class labels: reading %d annotations from %s", len(missing), voc12_root)
         labels.update(build_cls_labels(voc12_root, missing))
-        save_cls_labels(cache_path, labels, voc12_root)
+        if not portable:
+            save_cls_labels(cache_path, labels, voc12_root)
     return {image_id: labels[image_id] for image_id in ids}
+
+
+def _spot_check(cache_path: Path, labels: dict[str, np.ndarray], ids: list[str], voc12_root) -> None:
+    checked = [i for i in ids if i in labels and annotation_path(voc12_root, i).is_file()][:SPOT_CHECKS]
+    for image_id in checked:
+        from_xml = image_label(voc12_root, image_id)
+        if not np.array_equal(from_xml, labels[image_id]):
+            xml_path = annotation_path(voc12_root, image_id)
+            raise ValueError(
+                f"--cls_labels {cache_path}: the label of {image_id} differs from {xml_path} "
+                f"(classes {np.flatnonzero(labels[image_id]).tolist()} vs {np.flatnonzero(from_xml).tolist()}); "
+                "these labels are not of this dataset: point --cls_labels elsewhere"
+            )
 
 
 def derive_lists(voc12_root: str | os.PathLike) -> tuple[dict[str, list[str]], str | None]:
@@ -191,10 +229,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write VOC image lists and image-level class labels (.npz).")
     parser.add_argument("--voc12_root", type=str, required=True, help="VOC2012 devkit folder (JPEGImages, ...)")
     parser.add_argument(
-        "--out", type=str, default="voc12/cls_labels.npz", help="label file: .npz with 'ids' and 'labels' (N, 20)"
+        "--out",
+        type=str,
+        default=str(VOC12_DIR / "cls_labels.npz"),
+        help="label file: .npz with 'ids' and 'labels' (N, 20) (default: voc12/cls_labels.npz of this repository)",
     )
     parser.add_argument(
-        "--list_dir", type=str, default="voc12", help="where train.txt, val.txt, train_aug.txt are written"
+        "--list_dir",
+        type=str,
+        default=str(VOC12_DIR),
+        help="where train.txt, val.txt, train_aug.txt are written (default: voc12/ of this repository)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace list files that list different ids")
     return parser

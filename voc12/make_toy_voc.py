@@ -46,24 +46,34 @@ MANAGED_DIRS = ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationC
 class ToyClass:
     name: str
     shape: str
-    colour: tuple[int, int, int]
+    colours: tuple[str, ...]  # names in COLOUR_FAMILIES; each object draws one
     texture: str
 
 
-# Saturated, well separated hues against a grey-brown background; no two classes share a shape.
+# Saturated colour families, each shared by two or three classes, and textures shared by two classes each:
+# neither a pixel's colour nor its texture tells the class; the shape, with the colour/texture pair, does.
+COLOUR_FAMILIES = {
+    "red": (220, 45, 40),
+    "orange": (235, 135, 30),
+    "yellow": (230, 210, 40),
+    "green": (45, 170, 60),
+    "cyan": (35, 190, 205),
+    "blue": (40, 80, 225),
+    "magenta": (210, 55, 190),
+}
 TOY_CLASSES = (
-    ToyClass("aeroplane", "cross", (30, 80, 230), "stripes"),
-    ToyClass("bird", "triangle", (245, 215, 40), "plain"),
-    ToyClass("car", "square", (225, 35, 35), "checker"),
-    ToyClass("cat", "disc", (40, 185, 60), "plain"),
-    ToyClass("person", "star", (215, 60, 205), "checker"),
-    ToyClass("tvmonitor", "ring", (35, 205, 215), "stripes"),
+    ToyClass("aeroplane", "cross", ("blue", "red", "yellow"), "stripes"),
+    ToyClass("bird", "triangle", ("yellow", "green", "magenta"), "plain"),
+    ToyClass("car", "square", ("red", "cyan", "orange"), "checker"),
+    ToyClass("cat", "disc", ("green", "blue", "orange"), "plain"),
+    ToyClass("person", "star", ("magenta", "orange", "cyan"), "checker"),
+    ToyClass("tvmonitor", "ring", ("cyan", "red", "green"), "stripes"),
 )
 RING_HOLE = 0.45  # inner radius / outer radius
 MIN_RING_WIDTH_PX = 4.0  # narrowest ring wall; the default 3 px void band leaves at least a 1 px line of it
 OBJECTS_PER_IMAGE = (1, 2, 3)
 OBJECTS_PER_IMAGE_P = (0.4, 0.35, 0.25)
-MAX_OVERLAP = 0.15  # a new object may cover at most this fraction of the smaller of it and any placed object
+MAX_OVERLAP = 0.3  # a new object may cover at most this fraction of the smaller of it and any placed object
 PLACEMENT_TRIES = 50
 JPEG_QUALITY = 90
 
@@ -130,7 +140,8 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 def _object_colours(rng: np.random.Generator, toy: ToyClass, height: int, width: int, period: int) -> np.ndarray:
     """Textured fill of one object over a (height, width) patch, (h, w, 3) float."""
-    colour = np.asarray(toy.colour, dtype=np.float64) + rng.uniform(-20, 20, size=3)
+    family = toy.colours[int(rng.integers(len(toy.colours)))]
+    colour = np.asarray(COLOUR_FAMILIES[family], dtype=np.float64) + rng.uniform(-20, 20, size=3)
     yy, xx = np.mgrid[0:height, 0:width]
     if toy.texture == "stripes":
         angle = rng.uniform(0, np.pi)
