@@ -244,7 +244,7 @@ class Pipeline:
         rows = []
         for i in ids:
             image = np.asarray(load_rgb(jpeg_path(self.voc12_root, i)))
-            keys, scores = load_scores(out / "crf_4.0" / f"{i}.npz")
+            keys, scores = load_scores(out / "crf_4.0" / f"{i}.npz", kind="crf")
             crf_label = keys[np.argmax(scores, axis=0)]
             tiles = [image] + [
                 palette[label]

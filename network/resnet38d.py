@@ -293,12 +293,17 @@ INIT_SUFFIXES = (".params", ".caffemodel")
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".params":
-        return convert_mxnet_to_torch(path)
-    if path.suffix == ".caffemodel":
-        from network.vgg16d import convert_caffe_to_torch
+    try:
+        if path.suffix == ".params":
+            return convert_mxnet_to_torch(path)
+        if path.suffix == ".caffemodel":
+            from network.vgg16d import convert_caffe_to_torch
 
-        return convert_caffe_to_torch(path)
+            return convert_caffe_to_torch(path)
+    except KeyError as e:  # a parameter name with no ResNet38 counterpart
+        raise InputError(f"--weights {e.args[0]}") from None
+    except ValueError as e:  # MXNetParamsError, CaffeModelError (truncated or foreign file): they name the file
+        raise InputError(f"--weights {e}") from None
     obj = torchutils.load_torch_file(path, "--weights")
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]  # a resumable training checkpoint

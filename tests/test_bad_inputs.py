@@ -29,10 +29,13 @@ import infer_aff
 import infer_cls_ser
 import train_aff
 import train_cls_ser
-from network import resnet38_aff, resnet38_cls_ser
+from network import resnet38_aff, resnet38_cls_ser, vgg16d
+from tests.caffe_wire import caffemodel_of
 from tool import cli, torchutils
 from tool.fileio import load_label_png, save_png, save_scores
-from voc12.make_cls_labels import load_or_build_cls_labels
+from voc12 import make_cls_labels, make_sbd_aug
+from voc12 import make_toy_voc as toy_voc
+from voc12.make_cls_labels import load_cls_labels, load_or_build_cls_labels, save_cls_labels
 from voc12.make_toy_voc import make_toy_voc
 from voc12.voc import jpeg_path, load_img_id_list, segmentation_path, voc_palette
 
@@ -76,6 +79,7 @@ def world(tmp_path_factory) -> dict:
     torch.save(resnet38_cls_ser.Net(width_mult=0.125).state_dict(), base / "cls.pth")
     torch.save(resnet38_aff.Net(width_mult=0.125).state_dict(), base / "aff.pth")
     torch.save(resnet38_aff.Net(width_mult=0.25).state_dict(), base / "aff_wide.pth")
+    (base / "vgg16.caffemodel").write_bytes(caffemodel_of(vgg16d.Net(width_mult=0.125).state_dict()))
     wide_cls = resnet38_cls_ser.Net(width_mult=0.25).state_dict()
     torch.save(
         {"model": wide_cls, "optimizer": {}, "scaler": {}, "step": 0, "epoch_done": True, "rng": {}},
@@ -217,14 +221,14 @@ def train_args(w, tmp, *extra, list_path=None, weights=None):
     ]
 
 
-def aff_train_args(w, tmp, *extra, la=None):
+def aff_train_args(w, tmp, *extra, la=None, weights=None):
     return [
         "--train_list",
         w["train_list"],
         "--voc12_root",
         w["root"],
         "--weights",
-        w["base"] / "aff.pth",
+        weights or w["base"] / "aff.pth",
         "--la_crf_dir",
         la or w["base"] / "crf_4.0",
         "--ha_crf_dir",
@@ -571,7 +575,84 @@ CASES: dict[str, Callable] = {
         aff_train_args(w, t, la=legacy_npy_only(w, t, "crf_4.0")),
         ["--allow_pickle", "arbitrary code"],
     ),
+    # ---- VGG16 (docs/method.md#vgg16): the .caffemodel path and weights of the other backbone
+    "train_vgg16_caffemodel_truncated": lambda w, t: (
+        train_cls_ser,
+        train_args(w, t, *VGG_CLS, weights=truncated(w["base"] / "vgg16.caffemodel", t, "cut.caffemodel")),
+        ["--weights", "cut.caffemodel", "byte", "cut short"],
+    ),
+    "train_vgg16_caffemodel_random": lambda w, t: (
+        train_cls_ser,
+        train_args(w, t, *VGG_CLS, weights=random_file(t, "noise.caffemodel")),
+        ["--weights", "noise.caffemodel", "byte"],
+    ),
+    "train_vgg16_resnet_weights": lambda w, t: (
+        train_cls_ser,
+        train_args(w, t, *VGG_CLS),
+        ["--weights", "cls.pth", "the model expects", "--network"],
+    ),
+    "train_resnet_caffemodel": lambda w, t: (
+        train_cls_ser,
+        train_args(w, t, weights=w["base"] / "vgg16.caffemodel"),
+        ["--weights", "vgg16.caffemodel", "backbone weights missing", "resnet38_cls_ser"],
+    ),
+    "train_aff_vgg16_caffemodel_truncated": lambda w, t: (
+        train_aff,
+        aff_train_args(
+            w, t, "--network", "network.vgg16_aff", weights=truncated(w["base"] / "vgg16.caffemodel", t, "c.caffemodel")
+        ),
+        ["--weights", "c.caffemodel"],
+    ),
+    "infer_cls_vgg16_wrong_width": lambda w, t: (
+        infer_cls_ser,
+        cls_infer_args(w, *VGG_CLS, "--width_mult", "0"),
+        ["--width_mult", "(0, 4]"],
+    ),
+    "infer_cls_no_such_network": lambda w, t: (
+        infer_cls_ser,
+        cls_infer_args(w, "--network", "network.vgg19_cls_ser"),
+        ["--network", "no such module"],
+    ),
+    # ---- the label cache (docs/formats.md#label-cache)
+    "train_labels_other_root": lambda w, t: (
+        train_cls_ser,
+        train_args(w, t, "--cls_labels", labels_of_root(w, t, t / "elsewhere")),
+        ["--cls_labels", "labels.npz", "was built from", "--voc12_root"],
+    ),
+    "train_labels_not_of_this_dataset": lambda w, t: (
+        train_cls_ser,
+        train_args(w, t, "--cls_labels", labels_of_root(w, t, None, flip=True)),
+        ["--cls_labels", "labels.npz", "differs from"],
+    ),
+    "train_labels_truncated": lambda w, t: (
+        train_cls_ser,
+        train_args(w, t, "--cls_labels", truncated(w["base"] / "cls_labels.npz", t, "cut_labels.npz")),
+        ["cut_labels.npz", "not a class label file"],
+    ),
+    "make_cls_labels_no_devkit": lambda w, t: (
+        make_cls_labels,
+        ["--voc12_root", t / "none", "--out", t / "labels.npz", "--list_dir", t],
+        ["--voc12_root", "none", "not a folder"],
+    ),
+    "make_toy_voc_flag_size": lambda w, t: (toy_voc, ["--out", t / "toy", "--size", "8"], ["--size", ">= 32"]),
+    "make_toy_voc_into_a_foreign_folder": lambda w, t: (
+        toy_voc,
+        ["--out", w["prev"], "--num_train", "1"],  # not a toy set: it could be a real devkit
+        ["--out", "not empty", "not made by make_toy_voc"],
+    ),
 }
+
+VGG_CLS = ("--network", "network.vgg16_cls_ser")
+
+
+def labels_of_root(w, tmp: Path, voc12_root: Path | None, flip: bool = False) -> Path:
+    """A copy of the label cache recorded as built from ``voc12_root`` (None: a shipped, folder-free file);
+    ``flip`` inverts every label, as another dataset reusing VOC ids would have them."""
+    labels = load_cls_labels(w["base"] / "cls_labels.npz")
+    if flip:
+        labels = {k: 1.0 - v for k, v in labels.items()}
+    save_cls_labels(tmp / "labels.npz", labels, voc12_root)
+    return tmp / "labels.npz"
 
 
 def pred_dir_with(w, tmp: Path, label: np.ndarray) -> Path:
@@ -730,3 +811,65 @@ def test_crf_workers_exit_when_the_parent_is_killed():
         for pid in workers if "workers" in locals() else []:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- voc12.make_sbd_aug
+
+
+def sbd_tree(tmp: Path) -> dict:
+    """SBD cls/ with two masks and a VOC tree with one own mask; ``2008_000000`` sorts first."""
+    import scipy.io
+
+    sbd, voc = tmp / "dataset", tmp / "VOC2012"
+    (sbd / "cls").mkdir(parents=True)
+    for image_id in ("2008_000000", "2008_000001"):
+        seg = np.full((6, 9), 7, np.uint8)
+        scipy.io.savemat(sbd / "cls" / f"{image_id}.mat", {"GTcls": {"Segmentation": seg}})
+    save_png(voc / "SegmentationClass" / "2008_000002.png", np.zeros((4, 5), np.uint8), voc_palette())
+    sets = voc / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("2008_000000\n")
+    (sets / "val.txt").write_text("2008_000001\n")
+    (tmp / "train_aug.txt").write_text("2008_000002\n")  # a list written before: left as it is
+    return {"sbd": sbd, "voc": voc, "first_mat": sbd / "cls" / "2008_000000.mat"}
+
+
+def _mat_without_struct(t: dict) -> None:
+    import scipy.io
+
+    scipy.io.savemat(t["first_mat"], {"Segmentation": np.zeros((6, 9), np.uint8)})
+
+
+def _mat_truncated(t: dict) -> None:
+    data = t["first_mat"].read_bytes()
+    t["first_mat"].write_bytes(data[: len(data) // 2])
+
+
+def _rgb_voc_mask(t: dict) -> None:
+    Image.new("RGB", (5, 4), (128, 0, 0)).save(t["voc"] / "SegmentationClass" / "2008_000000.png")
+
+
+SBD_CASES = {
+    "mat_without_struct": (_mat_without_struct, {}, ["2008_000000.mat", "expected a MATLAB struct 'GTcls'"]),
+    "mat_truncated": (_mat_truncated, {}, ["2008_000000.mat", "not a readable MATLAB file"]),
+    "voc_mask_rgb": (_rgb_voc_mask, {}, ["2008_000000.png", "not a readable VOC label PNG", "mode 'RGB'"]),
+    "no_sbd_cls": (lambda t: None, {"--sbd_root": "nowhere"}, ["--sbd_root", "nowhere"]),
+    "no_devkit": (lambda t: None, {"--voc12_root": "nowhere"}, ["--voc12_root", "nowhere", "not a folder"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SBD_CASES))
+def test_make_sbd_aug_bad_input(case, tmp_path, capsys):
+    spoil, flags, expected = SBD_CASES[case]
+    tree = sbd_tree(tmp_path)
+    spoil(tree)
+    argv = {"--sbd_root": tree["sbd"], "--voc12_root": tree["voc"], "--list_dir": tmp_path}
+    argv.update({flag: tmp_path / name for flag, name in flags.items()})
+    before = tree_hashes(tmp_path)
+    code, err = run_script(make_sbd_aug, [a for pair in argv.items() for a in pair], capsys)
+    assert code == 1, err
+    assert "Traceback" not in err
+    message = err.strip().splitlines()[-1]
+    for text in expected:
+        assert text in message, f"{text!r} not in {message!r}"
+    assert tree_hashes(tmp_path) == before  # no mask written (the bad file sorts first), the old list intact

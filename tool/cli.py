@@ -30,6 +30,10 @@ class MissingFileError(InputError, FileNotFoundError):
     """An input file that does not exist; the message names it."""
 
 
+class OutputExistsError(InputError, FileExistsError):
+    """An output that exists and would be replaced without ``--overwrite``; the message names it."""
+
+
 # --------------------------------------------------------------------------- argparse types
 
 

@@ -82,7 +82,12 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
         help="SGD momentum in [0, 1) (not the poly power); default: equal to --wt_dec, the reference's "
         "positional-argument quirk (0.9 fixes it)",
     )
-    parser.add_argument("--weights", type=str, default=None, help="init weights: MXNet .params (ResNet38), Caffe .caffemodel (VGG16) or a .pth state dict")
+    parser.add_argument(
+        "--weights",
+        type=str,
+        default=None,
+        help="init weights: MXNet .params (ResNet38), Caffe .caffemodel (VGG16) or a .pth state dict",
+    )
     parser.add_argument(
         "--from_scratch", action="store_true",
         help="train without --weights: He init and BatchNorm statistics estimated from data (see --bn_calib_batches)",
@@ -139,7 +144,10 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
     elif args.from_scratch:
         model.init_backbone_from_scratch()
     else:
-        raise SystemExit("--weights is required (ImageNet ResNet38 .params or a .pth); --from_scratch trains without")
+        raise SystemExit(
+            "--weights is required (ImageNet ResNet38 .params, VGG16 .caffemodel or a .pth); "
+            "--from_scratch trains without"
+        )
     if args.dropout_scale != 1.0:
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout2d):
