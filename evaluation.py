@@ -30,7 +30,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from tool.fileio import atomic_write_text, load_label_png, load_scores, score_file
+from tool import cli
+from tool.cli import InputError
+from tool.fileio import atomic_write_text, load_label_png, load_scores, missing_score_file_message, score_file
 from tool.metrics import cam_threshold_confusions, confusion, scores_from_confusion
 from voc12.voc import CAT_NAMES_WITH_BG, IGNORE_INDEX, NUM_CLASSES, load_img_id_list
 
@@ -39,13 +41,8 @@ DEFAULT_LIST = Path(__file__).resolve().parent / "voc12" / "train.txt"
 T = TypeVar("T")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(InputError):
     """A bad input (missing file, size mismatch, invalid value); the message names the file."""
-
-
-def _usable_cpus() -> int:
-    # Respects taskset / container CPU sets where the platform reports them.
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -72,7 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="png: prediction masks; npy: CAM score files scored with a background threshold (--t or --curve)",
     )  # fmt: skip
     parser.add_argument(
-        "--t", default=None, type=float,
+        "--t", default=None, type=cli.unit_float,
         help="background threshold for --type npy: background unless a present class scores above t",
     )  # fmt: skip
     parser.add_argument(
@@ -81,11 +78,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--allow_pickle", action="store_true",
-        help="--type npy: also read the reference's pickled <id>.npy dicts when no <id>.npz exists",
+        help="--type npy: also read the reference's pickled <id>.npy dicts when no <id>.npz exists; unpickling "
+        "can run arbitrary code stored in a file, so use it only on files you trust",
     )  # fmt: skip
     parser.add_argument("--json", default=None, type=str, help="also write the results as JSON to this path")
     parser.add_argument(
-        "--num_workers", default=_usable_cpus(), type=int,
+        "--num_workers", default=cli.usable_cpus(), type=cli.worker_count,
         help="processes decoding files in parallel (0 or 1: in this process); default: the CPUs this process may use",
     )  # fmt: skip
     return parser
@@ -117,7 +115,10 @@ def image_confusion(
     pred_path = score_file(predict_dir, image_id, allow_pickle)
     if not pred_path.is_file() and allow_pickle:
         raise EvaluationError(f"score file not found: {pred_path.with_suffix('.npz')} (nor {pred_path})")
-    keys, scores = _read(functools.partial(load_scores, allow_pickle=allow_pickle), pred_path, "score file")
+    if not pred_path.is_file():
+        raise EvaluationError(missing_score_file_message(pred_path))
+    read_cam = functools.partial(load_scores, allow_pickle=allow_pickle, kind="cam")
+    keys, scores = _read(read_cam, pred_path, "score file")
     try:
         return cam_threshold_confusions(gt, keys, scores, thresholds, NUM_CLASSES, IGNORE_INDEX)
     except ValueError as e:
@@ -129,6 +130,8 @@ def _read(loader: Callable[[Path], T], path: Path, what: str) -> T:
         raise EvaluationError(f"{what} not found: {path}")
     try:
         return loader(path)
+    except InputError as e:  # the message names the file already
+        raise EvaluationError(str(e)) from None
     except (OSError, ValueError) as e:
         raise EvaluationError(f"{path}: cannot read {what}: {e}") from None
 
@@ -278,9 +281,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    parser = get_args_parser()
-    cli_args = parser.parse_args()
-    try:
-        main(cli_args)
-    except EvaluationError as e:
-        parser.exit(1, f"{parser.prog}: error: {e}\n")
+    cli.run(main, get_args_parser())

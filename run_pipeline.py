@@ -325,7 +325,7 @@ class Pipeline:
         rows = []
         for i in self.figure_ids(out, n):
             image = np.asarray(load_rgb(jpeg_path(self.voc12_root, i)))
-            keys, scores = load_scores(out / "crf_4.0" / f"{i}.npz")
+            keys, scores = load_scores(out / "crf_4.0" / f"{i}.npz", kind="crf")
             labels = (
                 load_label_png(segmentation_path(self.voc12_root, i)),
                 load_label_png(out / "cam_pred" / f"{i}.png"),

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from network.resnet38_cls_ser import classification_loss, ssenet_loss
-from tool import training
+from tool import cli, training
 from tool.visualization import cam_panel
 from voc12.data import TrainClsTransform, ValClsTransform, VOC12ClsDataset
 from voc12.make_cls_labels import load_or_build_cls_labels
@@ -34,15 +34,30 @@ def get_args_parser() -> argparse.ArgumentParser:
         },
     )
     parser.add_argument("--val_list", type=str, default="voc12/val.txt", help="validation list ('' skips validation)")
-    parser.add_argument("--val_crop_size", type=int, default=500, help="validation centre crop, pixels")
+    parser.add_argument(
+        "--val_crop_size", type=cli.int_range(8, 4096), default=500, help="validation centre crop, pixels, 8..4096"
+    )
     parser.add_argument("--cls_labels", type=str, default="voc12/cls_labels.npz", help="image-level label cache")
     parser.add_argument(
-        "--resize_long", type=int, nargs=2, default=(448, 768), metavar=("MIN", "MAX"),
-        help="random long-side resize range, pixels (reference: 448 768)",
-    )  # fmt: skip
-    parser.add_argument("--branch_rate", type=float, default=0.3, help="scale of the second branch (SSENet: 0.3)")
+        "--resize_long",
+        type=cli.int_range(8, 4096),
+        nargs=2,
+        default=(448, 768),
+        metavar=("MIN", "MAX"),
+        action=cli.OrderedPair,
+        help="random long-side resize range, pixels, 8 <= MIN <= MAX <= 4096 (reference: 448 768)",
+    )
     parser.add_argument(
-        "--ser_weight", type=float, default=1.0, help="weight of the scale-equivariance loss; 0 = baseline"
+        "--branch_rate",
+        type=cli.float_range(0, 1, lo_open=True, hi_open=True),
+        default=0.3,
+        help="scale of the second branch, in (0, 1) (SSENet: 0.3)",
+    )
+    parser.add_argument(
+        "--ser_weight",
+        type=cli.float_range(0, 1000),
+        default=1.0,
+        help="weight of the scale-equivariance loss in [0, 1000]; 0 = baseline",
     )
     return parser
 
@@ -109,4 +124,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())

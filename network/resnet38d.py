@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tool import imutils
+from tool import imutils, torchutils
+from tool.cli import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -292,17 +293,22 @@ INIT_SUFFIXES = (".params", ".caffemodel")
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".params":
-        return convert_mxnet_to_torch(path)
-    if path.suffix == ".caffemodel":
-        from network.vgg16d import convert_caffe_to_torch
+    try:
+        if path.suffix == ".params":
+            return convert_mxnet_to_torch(path)
+        if path.suffix == ".caffemodel":
+            from network.vgg16d import convert_caffe_to_torch
 
-        return convert_caffe_to_torch(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+            return convert_caffe_to_torch(path)
+    except KeyError as e:  # a parameter name with no ResNet38 counterpart
+        raise InputError(f"--weights {e.args[0]}") from None
+    except ValueError as e:  # MXNetParamsError, CaffeModelError (truncated or foreign file): they name the file
+        raise InputError(f"--weights {e}") from None
+    obj = torchutils.load_torch_file(path, "--weights")
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]  # a resumable training checkpoint
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state dict (name -> tensor)")
+        raise InputError(f"--weights {path}: expected a state dict (name -> tensor)")
     # DataParallel / DDP checkpoints carry a "module." prefix.
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
@@ -318,11 +324,11 @@ def load_weights(model: nn.Module, path: str | Path, allow_missing_head: bool = 
     Every backbone weight must be present. Head weights may be missing only when
     ``allow_missing_head`` (training from ImageNet weights); weights of another
     head (e.g. ``fc8`` when loading into AffinityNet) are reported and ignored.
-    Raises ValueError on a shape mismatch or a missing weight.
+    Raises InputError (a ValueError) naming the file on a shape mismatch, a missing weight or an unreadable file.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--weights: file not found: {path}")
+        raise MissingFileError(f"--weights: file not found: {path}")
     state_dict = _read_state_dict(path)
     own = model.state_dict()
     head_prefixes = tuple(f"{n}." for n in (*model.new_layer_names, *getattr(model, "head_layer_names", ())))
@@ -336,17 +342,20 @@ def load_weights(model: nn.Module, path: str | Path, allow_missing_head: bool = 
     state_dict = {k: v for k, v in state_dict.items() if k in own}
     for k, v in state_dict.items():
         if v.shape != own[k].shape:
-            raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+            raise InputError(
+                f"--weights {path}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)} "
+                "(another --width_mult or --network?)"
+            )
     missing = sorted(k for k in own if k not in state_dict and not k.endswith("num_batches_tracked"))
     missing_backbone = [k for k in missing if not k.startswith(head_prefixes)]
     missing_head = [k for k in missing if k.startswith(head_prefixes)]
     if missing_backbone:
-        raise ValueError(
-            f"{path}: {len(missing_backbone)} backbone weights missing (e.g. {missing_backbone[:3]}); "
+        raise InputError(
+            f"--weights {path}: {len(missing_backbone)} backbone weights missing (e.g. {missing_backbone[:3]}); "
             f"is this a checkpoint of {type(model).__module__} at the same width?"
         )
     if missing_head and not allow_missing_head:
-        raise ValueError(f"{path}: head weights missing: {missing_head}")
+        raise InputError(f"--weights {path}: head weights missing: {missing_head} (weights of another stage?)")
     model.load_state_dict(state_dict, strict=False)
     logger.info("loaded %s: %d tensors", path, len(state_dict))
     if missing_head:

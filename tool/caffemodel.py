@@ -19,10 +19,13 @@ followed by a varint (type 0), 8 bytes (1), a varint length and that many bytes
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import numpy as np
+
+from tool.cli import InputError, MissingFileError
 
 # NetParameter
 _NET_LAYER, _NET_LAYERS_V1 = 100, 2
@@ -36,7 +39,7 @@ _SHAPE_DIM = 1
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
 
-class CaffeModelError(ValueError):
+class CaffeModelError(InputError):
     """A file that is not a well-formed ``.caffemodel``; the message names the file and the byte offset."""
 
 
@@ -135,8 +138,9 @@ def _blob(reader: _Reader, start: int, end: int) -> np.ndarray:
     if shape is None:
         # Legacy 4-d shape; absent dimensions default to 1 in Caffe's schema.
         shape = [legacy.get(n, 1) for n in _BLOB_LEGACY_DIMS] if legacy else [data.size]
-    if int(np.prod(shape, dtype=np.int64)) != data.size:
-        raise reader.error(start, f"blob shape {tuple(shape)} needs {int(np.prod(shape))} values, it holds {data.size}")
+    needed = math.prod(shape)  # Python ints: a foreign file's huge dims must not overflow int64
+    if needed != data.size:
+        raise reader.error(start, f"blob shape {tuple(shape)} needs {needed} values, it holds {data.size}")
     return data.astype(np.float32).reshape(shape)
 
 
@@ -164,7 +168,7 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"caffemodel not found: {path}")
+        raise MissingFileError(f"caffemodel not found: {path}")
     buf = memoryview(path.read_bytes())  # slices of a memoryview are views: no copy per blob
     size = len(buf)
     if size == 0:

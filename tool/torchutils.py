@@ -4,8 +4,12 @@ of the reference (SPEC section 3), checkpoints, DataParallel / DDP.
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 import random
+import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from tool.cli import InputError, MissingFileError
 from tool.fileio import atomic_path
 
 # --------------------------------------------------------------------------- device
@@ -200,17 +205,59 @@ def make_optimizer(
 
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file, then rename: a killed run never leaves half a checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` to a temporary file, then rename: a killed run never leaves half a checkpoint.
+
+    A failed write (full disk, quota, unwritable folder) removes the temporary file, leaves any
+    previous ``path`` intact and raises :class:`InputError` naming ``path``.
+    """
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as RuntimeError
+        free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+        reason = "no space left on the device" if getattr(e, "errno", None) == errno.ENOSPC or free < 1 << 20 else e
+        raise InputError(
+            f"cannot write {path}: {reason} ({free / 2**20:.0f} MiB free); any previous {path.name} is intact"
+        ) from None
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A resumable checkpoint written by ``save_atomic`` (tensors and plain containers only)."""
+def load_torch_file(path: str | os.PathLike, what: str) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU, with an error naming ``what`` (a flag) and ``path``
+    for a missing, empty, truncated, foreign or code-carrying file (torch's own message is not shown:
+    one of them advises unsafe loading, which this project never does)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise MissingFileError(f"{what}: file not found: {path}")
+    expected = "expected a PyTorch file written by torch.save"
+    if path.stat().st_size == 0:
+        raise InputError(f"{what} {path}: the file is empty; {expected}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if not zipfile.is_zipfile(path):  # random bytes, a cut-short archive, another format
+            reason = "not a complete PyTorch file (random bytes, another format, or cut short?)"
+        elif isinstance(e, pickle.UnpicklingError):
+            reason = "it holds objects other than tensors and plain containers, which are never unpickled here"
+        else:
+            reason = "a corrupt PyTorch archive"
+        raise InputError(f"{what} {path}: cannot read it: {reason}; {expected}") from None
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "step", "epoch_done", "rng")
+
+
+def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict:
+    """A checkpoint written by ``save_atomic`` (tensors and plain containers only) holding the ``required``
+    entries (:data:`CHECKPOINT_KEYS` for a resumable training checkpoint)."""
+    ckpt = load_torch_file(path, "--resume")
+    missing = [k for k in required if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise InputError(
+            f"--resume {path}: not a training checkpoint (no {', '.join(missing)}); expected a "
+            "<session>_checkpoint.pth written by train_cls_ser.py / train_aff.py (a .pth of weights goes to --weights)"
+        )
+    return ckpt
 
 
 # --------------------------------------------------------------------------- distributed

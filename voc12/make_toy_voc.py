@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from tool import cli
+from tool.cli import InputError, OutputExistsError
 from tool.fileio import atomic_path, atomic_write_text, save_png
 from voc12.voc import CLASS_NAMES, IGNORE_INDEX, voc_palette
 
@@ -313,10 +315,10 @@ def _prepare_output(out: Path) -> None:
     """Refuse to write into a non-empty folder that is not a previous toy set (it might be a real VOC tree);
     clear the folders of a previous toy set so no stale ids survive."""
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file, expected a folder")
+        raise InputError(f"--out {out} is a file, expected a folder")
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER_FILE).is_file():
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"--out {out} is not empty and was not made by make_toy_voc (no {MARKER_FILE}); "
                 "choose an empty or new folder"
             )
@@ -327,19 +329,19 @@ def _prepare_output(out: Path) -> None:
 
 def _check_params(num_train: int, num_val: int, size: int, seed: int, params: dict) -> None:
     if num_train < 1 or num_val < 1:
-        raise ValueError(f"--num_train and --num_val must be >= 1, got {num_train} and {num_val}")
+        raise InputError(f"--num_train and --num_val must be >= 1, got {num_train} and {num_val}")
     if size < 32:
-        raise ValueError(f"--size must be >= 32 px, got {size}")
+        raise InputError(f"--size must be >= 32 px, got {size}")
     if seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {seed}")
+        raise InputError(f"--seed must be >= 0, got {seed}")
     if not 0 < params["min_extent"] <= params["max_extent"] <= 1:
-        raise ValueError(
+        raise InputError(
             f"need 0 < --min_extent <= --max_extent <= 1, got {params['min_extent']} and {params['max_extent']}"
         )
     if params["void_width"] < 0:
-        raise ValueError(f"--void_width must be >= 0, got {params['void_width']}")
+        raise InputError(f"--void_width must be >= 0, got {params['void_width']}")
     if params["max_objects"] not in OBJECTS_PER_IMAGE:
-        raise ValueError(f"--max_objects must be one of {OBJECTS_PER_IMAGE}, got {params['max_objects']}")
+        raise InputError(f"--max_objects must be one of {OBJECTS_PER_IMAGE}, got {params['max_objects']}")
 
 
 def _write_image(out: Path, image_id: str, rgb, label, objects, palette, with_aug: bool) -> None:
@@ -416,22 +418,38 @@ def make_toy_voc(
     return summary
 
 
+EXTENT = cli.float_range(0, 1, lo_open=True)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write a synthetic dataset in the PASCAL VOC 2012 layout.")
     parser.add_argument("--out", type=str, required=True, help="output folder (the --voc12_root of later stages)")
-    parser.add_argument("--num_train", type=int, default=100, help="images in ImageSets/Segmentation/train.txt")
-    parser.add_argument("--num_val", type=int, default=30, help="images in ImageSets/Segmentation/val.txt")
-    parser.add_argument("--size", type=int, default=256, help="long image side in px (short side 0.66-0.85 of it)")
-    parser.add_argument("--seed", type=int, default=0, help="same seed gives byte-identical files")
+    parser.add_argument(
+        "--num_train", type=cli.positive_int, default=100, help="images in ImageSets/Segmentation/train.txt"
+    )
+    parser.add_argument("--num_val", type=cli.positive_int, default=30, help="images in ImageSets/Segmentation/val.txt")
+    parser.add_argument(
+        "--size", type=cli.int_range(32), default=256, help="long image side in px, >= 32 (short side 0.66-0.85 of it)"
+    )
+    parser.add_argument("--seed", type=cli.nonneg_int, default=0, help="same seed gives byte-identical files")
     parser.add_argument(
         "--with_aug", action="store_true", help="also write SegmentationClassAug/ (greyscale PNGs, all images)"
     )
     parser.add_argument(
-        "--void_width", type=int, default=3, help="width in px of the 255 band drawn across every object boundary"
+        "--void_width",
+        type=cli.nonneg_int,
+        default=3,
+        help="width in px of the 255 band drawn across every object boundary",
     )
-    parser.add_argument("--min_extent", type=float, default=0.10, help="smallest object box, fraction of long side")
-    parser.add_argument("--max_extent", type=float, default=0.50, help="largest object box, fraction of long side")
-    parser.add_argument("--max_objects", type=int, default=3, help="at most this many objects per image (1-3)")
+    parser.add_argument(
+        "--min_extent", type=EXTENT, default=0.10, help="smallest object box, fraction of long side in (0, 1]"
+    )
+    parser.add_argument(
+        "--max_extent", type=EXTENT, default=0.50, help="largest object box, fraction of long side in (0, 1]"
+    )
+    parser.add_argument(
+        "--max_objects", type=int, choices=OBJECTS_PER_IMAGE, default=3, help="at most this many objects per image"
+    )
     return parser
 
 
@@ -449,4 +467,4 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())
