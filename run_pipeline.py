@@ -48,6 +48,8 @@ PRESETS = {
         "infer_cls": [],
         "train_aff": [],
         "infer_aff": [],
+        "train_seg": [],
+        "infer_seg": [],
     },
     "demo": {
         "toy": {"num_train": 192, "num_val": 24, "size": 128, "seed": 0, "min_extent": 0.12, "max_extent": 0.7},
@@ -60,7 +62,7 @@ PRESETS = {
         "pretrain": [
             "--network", "network.resnet38_pretrain", "--ser_weight", "0", "--from_scratch", "--bn_calib_batches",
             "0", "--optimizer", "adam", "--lr", "0.001", "--wt_dec", "0", "--dropout_scale", "0", "--batch_size", "16",
-            "--max_epoches", "10", "--crop_size", "96", "--resize_long", "96", "128", "--val_crop_size", "128",
+            "--max_epoches", "8", "--crop_size", "96", "--resize_long", "96", "128", "--val_crop_size", "128",
         ],
         "train_cls": [
             "--batch_size", "8", "--max_epoches", "20", "--lr", "0.1", "--crop_size", "96", "--resize_long", "96",
@@ -69,14 +71,22 @@ PRESETS = {
         "infer_cls": ["--num_workers", "1", "--crf_workers", "1", "--bg_score", "0.5"],
         "train_aff": ["--batch_size", "8", "--max_epoches", "16", "--lr", "0.1", "--crop_size", "96"],
         "infer_aff": ["--num_workers", "1", "--bg_score", "0.5", "--logt", "4"],
+        "train_seg": [
+            "--batch_size", "8", "--max_epoches", "16", "--lr", "0.01", "--crop_size", "96", "--scale_range",
+            "0.75", "1.25", "--no_color_jitter",
+        ],
+        "infer_seg": ["--num_workers", "1", "--scales", "1.0", "0.75", "1.25"],
     },
 }  # fmt: skip
-STAGES = ("pretrain", "train_cls", "infer_cls", "train_aff", "infer_aff")
+STAGES = ("pretrain", "train_cls", "infer_cls", "train_aff", "infer_aff", "train_seg", "infer_seg")
+# --stages: cam = train_cls_ser + infer_cls_ser + CAM evaluation (train list); rw = train_aff + infer_aff +
+# random-walk evaluation (train list); seg = train_seg on the random-walk labels + infer_seg + evaluation (val list).
+STAGE_GROUPS = ("cam", "rw", "seg")
 
 # --backbone: the network module of the CAM stages and of the affinity stages.
 BACKBONES = {
-    "resnet38": {"cls": "network.resnet38_cls_ser", "aff": "network.resnet38_aff"},
-    "vgg16": {"cls": "network.vgg16_cls_ser", "aff": "network.vgg16_aff"},
+    "resnet38": {"cls": "network.resnet38_cls_ser", "aff": "network.resnet38_aff", "seg": "network.resnet38_seg"},
+    "vgg16": {"cls": "network.vgg16_cls_ser", "aff": "network.vgg16_aff", "seg": "network.vgg16_seg"},
 }
 VARIANT_NAMES = {"ssenet": "SSENet (ser_weight 1)", "baseline": "baseline (ser_weight 0)"}
 
@@ -91,6 +101,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val_list", type=str, default="voc12/val.txt", help="paper: validation list")
     parser.add_argument("--eval_list", type=str, default="voc12/train.txt", help="paper: list scored (train)")
     parser.add_argument("--ablation", action="store_true", help="also run the --ser_weight 0 baseline")
+    parser.add_argument(
+        "--stages", nargs="+", choices=STAGE_GROUPS, default=list(STAGE_GROUPS),
+        help="stage groups to run: cam (SSENet), rw (AffinityNet + random walk), seg (segmentation network); "
+        "a group needs the outputs of the ones before it",
+    )  # fmt: skip
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[1],
         help="--seed of both training stages; several seeds repeat every variant and report mean and spread",
@@ -122,22 +137,21 @@ def image_miou(gt: np.ndarray, pred: np.ndarray) -> float:
     return 0.0 if scores["mIoU_present"] is None else scores["mIoU_present"]
 
 
-def eval_result(cam: dict, rw: dict) -> dict:
-    """The numbers of one trained variant: mIoU over 21 and over the present classes, per-class IoU."""
-    present = cam["present_classes"]
-    return {
-        "cam_miou": cam["mIoU"],
-        "rw_miou": rw["mIoU"],
-        "cam_miou_present": cam["mIoU_present"],
-        "rw_miou_present": rw["mIoU_present"],
-        "cam_iou": {c: cam["IoU"][c] for c in present},
-        "rw_iou": {c: rw["IoU"][c] for c in present},
-    }
+def eval_result(cam: dict | None, rw: dict | None, seg: dict | None = None) -> dict:
+    """The numbers of one trained variant: mIoU over 21 and over the present classes, per-class IoU; a stage
+    that did not run (``--stages``) is left out."""
+    result = {}
+    for stage, scores in (("cam", cam), ("rw", rw), ("seg", seg)):
+        if scores is not None:
+            result[f"{stage}_miou"] = scores["mIoU"]
+            result[f"{stage}_miou_present"] = scores["mIoU_present"]
+            result[f"{stage}_iou"] = {c: scores["IoU"][c] for c in scores["present_classes"]}
+    return result
 
 
 def mean_and_std(runs: list[dict]) -> tuple[dict, dict]:
-    keys = ("cam_miou", "rw_miou", "cam_miou_present", "rw_miou_present")
-    values = {k: np.array([r[k] for r in runs], dtype=np.float64) for k in keys}
+    keys = [f"{stage}_{kind}" for stage in ("cam", "rw", "seg") for kind in ("miou", "miou_present")]
+    values = {k: np.array([r[k] for r in runs], dtype=np.float64) for k in keys if k in runs[0]}
     std = {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}
     return {k: float(v.mean()) for k, v in values.items()}, std
 
@@ -197,6 +211,8 @@ class Pipeline:
             if self.args.weights is None:
                 raise SystemExit("--preset paper needs --weights (ilsvrc-cls_rna-a1_cls1000_ep-0001.params)")
             ids = load_img_id_list(self.eval_list)
+            if "seg" in self.args.stages:  # the segmentation network trains on the training list's walk labels
+                ids += load_img_id_list(self.train_list)
             val_ids = load_img_id_list(self.val_list)[: self.args.figure_images]
             text = "".join(f"{i}\n" for i in dict.fromkeys(ids + val_ids))
             if not self.infer_list.exists() or self.infer_list.read_text() != text:
@@ -282,14 +298,36 @@ class Pipeline:
             self.run(f"{name}/infer_aff", "infer_aff.py", flags + self.flags("infer_aff"))
         return self.evaluate(f"{name}/eval_rw", rw, out / "eval_rw.json")
 
-    def evaluate(self, name: str, predict_dir: Path, json_path: Path) -> dict:
+    def evaluate(self, name: str, predict_dir: Path, json_path: Path, image_list: Path | None = None) -> dict:
         if not json_path.exists():
             flags = [
-                "--list", str(self.eval_list), "--predict_dir", str(predict_dir), "--gt_dir", str(self.gt_dir),
+                "--list", str(image_list or self.eval_list), "--predict_dir", str(predict_dir),
+                "--gt_dir", str(self.gt_dir),
                 "--json", str(json_path), "--logfile", str(self.work / "evallog.txt"), "--comment", name,
             ]  # fmt: skip
             self.run(name, "evaluation.py", flags)
         return json.loads(json_path.read_text())
+
+    def seg_pipeline(self, variant: str, seed: int) -> dict:
+        """train_seg on the random-walk labels of the training list -> infer_seg on val -> evaluation on val."""
+        out = self.run_dir(variant, seed)
+        name = f"{variant}/seed{seed}"
+        session = out / "resnet38_seg"
+        if not session.with_suffix(".pth").exists():
+            flags = [
+                "--voc12_root", str(self.voc12_root), "--train_list", str(self.train_list),
+                "--label_dir", str(out / "rw"), "--session_name", str(session), "--tblog_dir", str(out / "tb_seg"),
+                "--weights", self.weights, "--seed", str(seed),
+            ]  # fmt: skip
+            self.run(f"{name}/train_seg", "train_seg.py", flags + self.flags("train_seg"))
+        seg = out / "seg_val"
+        if not self.all_exist(seg, load_img_id_list(self.val_list), ".png"):
+            flags = [
+                "--weights", str(session.with_suffix(".pth")), "--infer_list", str(self.val_list),
+                "--voc12_root", str(self.voc12_root), "--out_seg", str(seg),
+            ]  # fmt: skip
+            self.run(f"{name}/infer_seg", "infer_seg.py", flags + self.flags("infer_seg"))
+        return self.evaluate(f"{name}/eval_seg", seg, out / "eval_seg.json", self.val_list)
 
     def background_only(self) -> tuple[float, float]:
         """mIoU (21 classes, present classes) of predicting background everywhere: the floor any CAM must beat."""
@@ -345,19 +383,19 @@ class Pipeline:
 
 
 def run_variants(pipe: Pipeline, args: argparse.Namespace) -> dict:
-    """Every variant x seed through the CAM and affinity stages; per variant the runs, their mean and spread."""
+    """Every variant x seed through the requested stage groups; per variant the runs, their mean and spread."""
     variants = ["ssenet", "baseline"] if args.ablation else ["ssenet"]
     results = {}
     for variant in variants:
         runs = {}
         for seed in args.seeds:
-            cam = pipe.cls_pipeline(variant, seed)
-            rw = pipe.aff_pipeline(variant, seed)
-            runs[seed] = eval_result(cam, rw)
-            runs[seed]["present_classes"] = cam["present_classes"]
+            cam = pipe.cls_pipeline(variant, seed) if "cam" in args.stages else None
+            rw = pipe.aff_pipeline(variant, seed) if "rw" in args.stages else None
+            seg = pipe.seg_pipeline(variant, seed) if "seg" in args.stages else None
+            runs[seed] = eval_result(cam, rw, seg)
         mean, std = mean_and_std(list(runs.values()))
         results[variant] = {"seeds": runs, "mean": mean, "std": std}
-        if args.figure_images > 0:
+        if args.figure_images > 0 and {"cam", "rw"} <= set(args.stages):
             first = pipe.run_dir(variant, args.seeds[0])
             pipe.figure(first, pipe.work / f"figure_{variant}.png", args.figure_images)
     return results
@@ -397,34 +435,40 @@ def main(args: argparse.Namespace) -> dict:
     return summary
 
 
+def _cell(mean: dict, std: dict, key: str, n_seeds: int) -> str:
+    """``21-class / present-class`` mIoU of one stage, with the spread over seeds when there are several."""
+    if f"{key}_miou" not in mean:
+        return "-"
+    all_classes, present = mean[f"{key}_miou"], mean[f"{key}_miou_present"]
+    if n_seeds > 1:
+        return f"{all_classes:5.1f}+-{std[f'{key}_miou']:.1f} / {present:4.1f}+-{std[f'{key}_miou_present']:.1f}"
+    return f"{all_classes:6.2f} / {present:5.2f}"
+
+
 def format_table(summary: dict) -> str:
     """mIoU over all 21 classes and over the classes present in the ground truth, per-class IoU, stage times."""
-    n_seeds = len(summary["settings"]["seeds"])
-    lines = ["", f"mIoU on {summary['settings']['eval_list']}: all 21 classes / the classes present in the GT"]
-    spread = f" (mean +- std over {n_seeds} seeds)" if n_seeds > 1 else ""
-    lines.append(f"{'model' + spread:<44}{'CAM':>16}{'CAM + RW':>18}")
+    settings = summary["settings"]
+    n_seeds = len(settings["seeds"])
+    stages = [s for s in ("cam", "rw", "seg") if f"{s}_miou" in summary]
+    titles = {"cam": "CAM", "rw": "CAM + RW", "seg": "seg net (val)"}
+    lines = ["", f"mIoU, all 21 classes / the classes present in the GT (CAM, RW: {settings['eval_list']}; seg: val)"]
+    spread = f" (mean +- std, {n_seeds} seeds)" if n_seeds > 1 else ""
+    lines.append(f"{'model' + spread:<34}" + "".join(f"{titles[s]:>24}" for s in stages))
     for variant, r in summary["variants"].items():
-        m, s = r["mean"], r["std"]
-        cells = []
-        for stage in ("cam", "rw"):
-            k, kp = f"{stage}_miou", f"{stage}_miou_present"
-            if n_seeds > 1:
-                cells.append(f"{m[k]:5.1f}+-{s[k]:.1f} / {m[kp]:4.1f}+-{s[kp]:.1f}")
-            else:
-                cells.append(f"{m[k]:6.2f} / {m[kp]:5.2f}")
-        lines.append(f"{VARIANT_NAMES[variant]:<44}{cells[0]:>16}{cells[1]:>18}")
+        cells = "".join(f"{_cell(r['mean'], r['std'], s, n_seeds):>24}" for s in stages)
+        lines.append(f"{VARIANT_NAMES[variant]:<34}{cells}")
     floor = f"{summary['background_only_miou']:6.2f} / {summary['background_only_miou_present']:5.2f}"
-    lines.append(f"{'all background':<44}{floor:>16}")
+    lines.append(f"{'all background (train)':<34}{floor:>24}")
     lines.append("")
-    lines.append(f"per-class IoU, {VARIANT_NAMES['ssenet']}, seed {summary['settings']['seeds'][0]}:")
-    lines.append(f"{'class':<14}{'CAM':>8}{'CAM + RW':>10}")
-    for name, iou in summary["cam_iou"].items():
-        lines.append(f"{name:<14}{iou:>8.2f}{summary['rw_iou'][name]:>10.2f}")
+    lines.append(f"per-class IoU, {VARIANT_NAMES['ssenet']}, seed {settings['seeds'][0]}:")
+    lines.append(f"{'class':<14}" + "".join(f"{titles[s]:>15}" for s in stages))
+    for name in summary[f"{stages[0]}_iou"] if stages else ():
+        lines.append(f"{name:<14}" + "".join(f"{summary[f'{s}_iou'].get(name, 0.0):>15.2f}" for s in stages))
     lines.append("")
-    lines.append(f"{'stage':<28}{'seconds':>10}")
+    lines.append(f"{'stage':<34}{'seconds':>10}")
     for stage, seconds in summary["stage_seconds"].items():
-        lines.append(f"{stage:<28}{seconds:>10.1f}")
-    lines.append(f"{'total':<28}{summary['total_seconds']:>10.1f}")
+        lines.append(f"{stage:<34}{seconds:>10.1f}")
+    lines.append(f"{'total':<34}{summary['total_seconds']:>10.1f}")
     return "\n".join(lines)
 
 
