@@ -1,6 +1,6 @@
-"""The training driver shared by ``train_cls_ser.py`` and ``train_aff.py``.
+"""The training driver shared by ``train_cls_ser.py``, ``train_aff.py`` and ``train_seg.py``.
 
-Both scripts train a ResNet38 head with the reference's poly-LR SGD, the same
+The scripts train a ResNet38 head with the reference's poly-LR SGD, the same
 flags, checkpoints and logging; they differ only in the dataset, the loss and
 what they draw. So a script supplies those and calls ``train(...)``:
 
@@ -49,18 +49,24 @@ logger = logging.getLogger(__name__)
 
 
 def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
-    """The flags both training scripts share; ``defaults`` holds the script's reference values."""
+    """The flags the training scripts share; ``defaults`` holds the script's reference values.
+
+    Required keys: ``batch_size``, ``max_epoches``, ``network``, ``session_name``; optional:
+    ``lr`` (0.01), ``momentum`` (None = the reference quirk), ``crop_size`` (448).
+    """
     d = defaults
     parser.add_argument("--batch_size", type=int, default=d["batch_size"], help="total batch over all devices")
     parser.add_argument("--max_epoches", type=int, default=d["max_epoches"], help="epochs (reference spelling)")
     parser.add_argument("--network", type=str, default=d["network"], help="network module, dotted name")
-    parser.add_argument("--lr", type=float, default=0.01, help="base learning rate (new layers get 10x)")
+    parser.add_argument("--lr", type=float, default=d.get("lr", 0.01), help="base learning rate (new layers get 10x)")
     parser.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes per rank")
     parser.add_argument("--wt_dec", type=float, default=5e-4, help="weight decay")
-    parser.add_argument(
-        "--momentum", type=float, default=None,
-        help="SGD momentum; default: equal to --wt_dec, the reference's positional-argument quirk (0.9 fixes it)",
-    )  # fmt: skip
+    momentum_help = (
+        "SGD momentum; default: equal to --wt_dec, the reference's positional-argument quirk (0.9 fixes it)"
+        if d.get("momentum") is None
+        else f"SGD momentum (default {d['momentum']})"
+    )
+    parser.add_argument("--momentum", type=float, default=d.get("momentum"), help=momentum_help)
     parser.add_argument("--weights", type=str, default=None, help="init weights: MXNet .params or a .pth state dict")
     parser.add_argument(
         "--from_scratch", action="store_true",
@@ -76,7 +82,7 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
     )  # fmt: skip
     parser.add_argument("--train_list", type=str, default="voc12/train_aug.txt", help="list of training images")
     parser.add_argument("--session_name", type=str, default=d["session_name"], help="output path prefix")
-    parser.add_argument("--crop_size", type=int, default=448, help="random crop side, pixels")
+    parser.add_argument("--crop_size", type=int, default=d.get("crop_size", 448), help="random crop side, pixels")
     parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder")
     parser.add_argument("--tblog_dir", type=str, default="./log", help="TensorBoard folder ('' disables)")
     parser.add_argument("--width_mult", type=float, default=1.0, help="channel width multiplier (1/8 for CPU demos)")
