@@ -185,8 +185,9 @@ class VOC12ClsDatasetMSF(VOC12ImageDatasetMSF):
         labels: Mapping[str, np.ndarray],
         scales: Sequence[float] = MSF_SCALES,
     ) -> None:
+        # Labels are checked before the files, as in VOC12ClsDataset.
+        self.labels = _label_matrix(load_img_id_list(list_path), labels, list_path)
         super().__init__(list_path, voc12_root, scales)
-        self.labels = _label_matrix(self.ids, labels, list_path)
 
     def __getitem__(self, index: int) -> dict:
         item = super().__getitem__(index)
