@@ -30,7 +30,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from tool.fileio import atomic_write_text, load_label_png, load_scores, score_file
+from tool import cli
+from tool.cli import InputError
+from tool.fileio import atomic_write_text, load_label_png, load_scores, missing_score_file_message, score_file
 from tool.metrics import cam_threshold_confusions, confusion, scores_from_confusion
 from voc12.voc import CAT_NAMES_WITH_BG, IGNORE_INDEX, NUM_CLASSES, load_img_id_list
 
@@ -39,13 +41,8 @@ DEFAULT_LIST = Path(__file__).resolve().parent / "voc12" / "train.txt"
 T = TypeVar("T")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(InputError):
     """A bad input (missing file, size mismatch, invalid value); the message names the file."""
-
-
-def _usable_cpus() -> int:
-    # Respects taskset / container CPU sets where the platform reports them.
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -72,7 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="png: prediction masks; npy: CAM score files scored with a background threshold (--t or --curve)",
     )  # fmt: skip
     parser.add_argument(
-        "--t", default=None, type=float,
+        "--t", default=None, type=cli.unit_float,
         help="background threshold for --type npy: background unless a present class scores above t",
     )  # fmt: skip
     parser.add_argument(
@@ -81,11 +78,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--allow_pickle", action="store_true",
-        help="--type npy: also read the reference's pickled <id>.npy dicts when no <id>.npz exists",
+        help="--type npy: also read the reference's pickled <id>.npy dicts when no <id>.npz exists; unpickling "
+        "can run arbitrary code stored in a file, so use it only on files you trust",
     )  # fmt: skip
     parser.add_argument("--json", default=None, type=str, help="also write the results as JSON to this path")
     parser.add_argument(
-        "--num_workers", default=_usable_cpus(), type=int,
+        "--num_workers", default=cli.usable_cpus(), type=cli.worker_count,
         help="processes decoding files in parallel (0 or 1: in this process); default: the CPUs this process may use",
     )  # fmt: skip
     return parser
@@ -117,7 +115,10 @@ def image_confusion(
     pred_path = score_file(predict_dir, image_id, allow_pickle)
     if not pred_path.is_file() and allow_pickle:
         raise EvaluationError(f"score file not found: {pred_path.with_suffix('.npz')} (nor {pred_path})")
-    keys, scores = _read(functools.partial(load_scores, allow_pickle=allow_pickle), pred_path, "score file")
+    if not pred_path.is_file():
+        raise EvaluationError(missing_score_file_message(pred_path))
+    read_cam = functools.partial(load_scores, allow_pickle=allow_pickle, kind="cam")
+    keys, scores = _read(read_cam, pred_path, "score file")
     try:
         return cam_threshold_confusions(gt, keys, scores, thresholds, NUM_CLASSES, IGNORE_INDEX)
     except ValueError as e:
@@ -129,6 +130,8 @@ def _read(loader: Callable[[Path], T], path: Path, what: str) -> T:
         raise EvaluationError(f"{what} not found: {path}")
     try:
         return loader(path)
+    except InputError as e:  # the message names the file already
+        raise EvaluationError(str(e)) from None
     except (OSError, ValueError) as e:
         raise EvaluationError(f"{path}: cannot read {what}: {e}") from None
 
@@ -176,16 +179,20 @@ def evaluate(
 
 
 def summarize(conf: np.ndarray) -> dict:
-    """JSON-ready scores of one confusion matrix: IoU, mIoU, precision, recall in percent; the
-    reference's T/TP, P/TP, FP/ALL, FN/ALL (foreground means) as plain ratios."""
+    """JSON-ready scores of one confusion matrix: IoU, mIoU (all 21 classes), mIoU_present (the classes
+    with ground-truth pixels, named in present_classes), precision, recall in percent; the reference's
+    T/TP, P/TP, FP/ALL, FN/ALL (means over the present foreground classes) as plain ratios."""
     scores = scores_from_confusion(conf)
     per_class = {
         key: dict(zip(CAT_NAMES_WITH_BG, (100 * scores[key]).tolist(), strict=True))
         for key in ("IoU", "precision", "recall")
     }
+    present = [name for name, p in zip(CAT_NAMES_WITH_BG, scores["present"], strict=True) if p]
     return {
         "mIoU": 100 * scores["mIoU"],
         "mIoU_foreground": 100 * scores["mIoU_foreground"],
+        "mIoU_present": None if scores["mIoU_present"] is None else 100 * scores["mIoU_present"],
+        "present_classes": present,
         "IoU": per_class["IoU"],
         "T/TP": scores["T/TP"],
         "P/TP": scores["P/TP"],
@@ -197,13 +204,19 @@ def summarize(conf: np.ndarray) -> dict:
 
 
 def format_table(result: dict) -> str:
-    """The reference's printout: class IoUs two per line, then the mIoU and the diagnostics."""
+    """The reference's printout (class IoUs two per line, mIoU, diagnostics) plus the present-class mIoU."""
     cells = [f"{name:>11s}:{iou:7.3f}%" for name, iou in result["IoU"].items()]
     lines = ["\t".join(cells[i : i + 2]) for i in range(0, len(cells), 2)]
     lines.append("=" * 54)
-    lines.append(f"{'mIoU':>11s}:{result['mIoU']:7.3f}%")
+    n_all, present = len(result["IoU"]), result["present_classes"]
+    lines.append(f"{'mIoU':>11s}:{result['mIoU']:7.3f}%  (all {n_all} classes, the VOC formula)")
     lines.append(f"{'fg mIoU':>11s}:{result['mIoU_foreground']:7.3f}%")
-    lines.append("  ".join(f"{key} {result[key]:.4f}" for key in ("T/TP", "P/TP", "FP/ALL", "FN/ALL")))
+    if result["mIoU_present"] is not None:
+        lines.append(f"{'present':>11s}:{result['mIoU_present']:7.3f}%  ({len(present)} classes with GT pixels)")
+    n_fg = len(present) - ("background" in present)
+    if n_fg:
+        diagnostics = "  ".join(f"{key} {result[key]:.4f}" for key in ("T/TP", "P/TP", "FP/ALL", "FN/ALL"))
+        lines.append(f"{diagnostics}  (means over the {n_fg} foreground classes with GT pixels)")
     return "\n".join(lines)
 
 
@@ -238,11 +251,14 @@ def main(args: argparse.Namespace) -> dict:
     if args.curve:
         curve = [{"t": t, **summarize(c)} for t, c in zip(thresholds, conf, strict=True)]
         best = int(np.argmax([point["mIoU"] for point in curve]))  # first best: the lowest t on ties
-        print(f"{'t':>5s} {'mIoU':>8s} {'fg mIoU':>8s}")
+        print(f"{'t':>5s} {'mIoU':>8s} {'fg mIoU':>8s} {'present':>8s}")
         for point in curve:
-            print(f"{point['t']:5.2f} {point['mIoU']:7.3f}% {point['mIoU_foreground']:7.3f}%")
+            present = point["mIoU_present"] if point["mIoU_present"] is not None else float("nan")
+            print(f"{point['t']:5.2f} {point['mIoU']:7.3f}% {point['mIoU_foreground']:7.3f}% {present:7.3f}%")
         result = {**summarize(conf[best]), "t": thresholds[best], "best_t": thresholds[best]}
-        result["curve"] = [{key: point[key] for key in ("t", "mIoU", "mIoU_foreground")} for point in curve]
+        result["curve"] = [
+            {key: point[key] for key in ("t", "mIoU", "mIoU_foreground", "mIoU_present")} for point in curve
+        ]
         setting = f"npy curve, best t={result['t']:.2f}"
     else:
         result = {**summarize(conf[0]), "t": args.t if args.type == "npy" else None}
@@ -257,16 +273,12 @@ def main(args: argparse.Namespace) -> dict:
     if args.curve:
         print(f"best background threshold t = {result['t']:.2f}: mIoU {result['mIoU']:.3f}%")
     if args.logfile:
-        append_log(args.logfile, args.comment, f"{setting}\tmIoU {result['mIoU']:.3f}")
+        present = "n/a" if result["mIoU_present"] is None else f"{result['mIoU_present']:.3f}"
+        append_log(args.logfile, args.comment, f"{setting}\tmIoU {result['mIoU']:.3f}\tpresent {present}")
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return result
 
 
 if __name__ == "__main__":
-    parser = get_args_parser()
-    cli_args = parser.parse_args()
-    try:
-        main(cli_args)
-    except EvaluationError as e:
-        parser.exit(1, f"{parser.prog}: error: {e}\n")
+    cli.run(main, get_args_parser())

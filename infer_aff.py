@@ -25,16 +25,20 @@ from tqdm import tqdm
 
 from network import build_network
 from network.resnet38d import load_weights
-from tool import pyutils, torchutils
+from tool import cli, pyutils, torchutils
 from tool.crf import crf_inference
-from tool.fileio import load_scores, remove_stale_temps, save_png, save_scores, score_file
-from tool.imutils import hwc_to_chw, normalize
+from tool.fileio import load_scores, missing_score_file_message, remove_stale_temps, save_png, save_scores, score_file
+from tool.imutils import hwc_to_chw
 from tool.randomwalk import DEFAULT_RADIUS, propagate
 from voc12.data import VOC12ImageDataset
 from voc12.voc import NUM_CLASSES, load_img_id_list, voc_palette
 
 logger = logging.getLogger(__name__)
 STRIDE = 8
+# The sparse walk costs one sparse product per step, 2 ** logt steps: logt 12 is already 16x the reference's 256
+# steps, while logt 40 would run for ever. The walk has converged long before.
+MAX_LOGT = 12
+LOGT_BOUND_REASON = f"the walk takes 2 ** logt sparse steps; 2 ** {MAX_LOGT} is 16x the reference's 2 ** 8"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,7 +46,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", type=str, required=True, help="trained AffinityNet .pth")
     parser.add_argument("--network", type=str, default="network.resnet38_aff", help="network module, dotted name")
     parser.add_argument("--infer_list", type=str, default="voc12/train.txt", help="images to process")
-    parser.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes")
+    parser.add_argument(
+        "--num_workers",
+        type=cli.worker_count,
+        default=cli.default_workers(8),
+        help="DataLoader worker processes (default 8, at most the usable CPUs)",
+    )
     parser.add_argument("--cam_dir", type=str, required=True, help="CAM folder written by infer_cls_ser.py --out_cam")
     parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder")
     parser.add_argument("--out_rw", type=str, required=True, help="output folder of random-walk label PNGs")
@@ -52,14 +61,41 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="also save the propagated scores (bg + present classes) on the stride-8 grid (.npz)",
     )
-    parser.add_argument("--beta", type=float, default=8, help="affinity exponent (reference: 8)")
-    parser.add_argument("--logt", type=int, default=8, help="log2 of the number of random-walk steps (reference: 8)")
-    parser.add_argument("--bg_score", type=float, default=0.2, help="constant background CAM score (reference: 0.2)")
-    parser.add_argument("--crf", action="store_true", help="dense CRF (1 iteration) on the propagated scores")
+    parser.add_argument(
+        "--beta",
+        type=cli.float_range(0, 100, lo_open=True),
+        default=8,
+        help="affinity exponent in (0, 100] (reference: 8)",
+    )
+    parser.add_argument(
+        "--logt",
+        type=cli.int_range(0, MAX_LOGT, why=LOGT_BOUND_REASON),
+        default=8,
+        help=f"log2 of the number of random-walk steps, 0..{MAX_LOGT} (reference: 8)",
+    )
+    parser.add_argument(
+        "--bg_score", type=cli.unit_float, default=0.2, help="constant background CAM score in [0, 1] (reference: 0.2)"
+    )
+    parser.add_argument(
+        "--crf",
+        type=pyutils.bool_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="dense CRF (1 iteration) on the propagated scores: --crf, --crf True or --crf False (default: off)",
+    )
     parser.add_argument("--rw_mode", choices=("sparse", "dense"), default="sparse",
                         help="sparse matrix (ours) or the reference's dense T squared logt times")  # fmt: skip
-    parser.add_argument("--width_mult", type=float, default=1.0, help="channel width multiplier of the network")
-    parser.add_argument("--allow_pickle", action="store_true", help="read the reference's pickled .npy CAM files")
+    parser.add_argument(
+        "--width_mult", type=cli.width_mult, default=1.0, help="channel width multiplier of the network"
+    )
+    parser.add_argument(
+        "--allow_pickle",
+        action="store_true",
+        help="also read the reference's pickled <id>.npy CAM files; unpickling can run arbitrary code stored in a "
+        "file, so use it only on files you trust",
+    )
     parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")
     torchutils.add_device_args(parser)
     return parser
@@ -84,7 +120,7 @@ def random_walk_image(model, image: np.ndarray, keys, cams, args, device) -> tup
         max(math.ceil(height / STRIDE), DEFAULT_RADIUS) * STRIDE,
         max(math.ceil(width / STRIDE), 2 * DEFAULT_RADIUS - 1) * STRIDE,
     )
-    x = torch.from_numpy(hwc_to_chw(normalize(image)))[None]
+    x = torch.from_numpy(hwc_to_chw(model.normalize(image)))[None]
     x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height))  # zeros after normalisation
     with torchutils.autocast(device, args.amp):
         aff = model(x.to(device))[0].float()  # (34, n_from)
@@ -110,14 +146,20 @@ def main(args: argparse.Namespace) -> dict:
             return False
         return args.out_rw_scores is None or (Path(args.out_rw_scores) / f"{image_id}.npz").exists()
 
-    ids = torchutils.shard(load_img_id_list(args.infer_list))
+    ids = torchutils.shard(load_img_id_list(args.infer_list, duplicates="warn"))
     todo = ids if args.overwrite else [i for i in ids if not done(i)]
     logger.info("%d images, %d to do on this rank", len(ids), len(todo))
-    folders = {out_rw} | ({Path(args.out_rw_scores)} if args.out_rw_scores else set())
+    folders = {cli.check_output_dir(out_rw, "--out_rw")}
+    if args.out_rw_scores:
+        folders.add(cli.check_output_dir(args.out_rw_scores, "--out_rw_scores"))
     remove_stale_temps(folders, set(todo))  # hidden temp files of a killed run
     summary = {"images": len(ids), "done": 0, "skipped": len(ids) - len(todo)}
     if not todo:
         return summary
+    for image_id in todo:  # every CAM file must be there before hours of work start
+        cam_path = score_file(args.cam_dir, image_id, args.allow_pickle)
+        if not cam_path.is_file():
+            raise cli.MissingFileError(f"--cam_dir: {missing_score_file_message(cam_path)}")
 
     model = build_network(args.network, args.width_mult)
     load_weights(model, args.weights, allow_missing_head=False)
@@ -128,13 +170,15 @@ def main(args: argparse.Namespace) -> dict:
     start = time.time()
     for image_id, image in tqdm(loader, total=len(todo), disable=not torchutils.is_main_process()):
         image = image.numpy()
-        keys, cams = load_scores(score_file(args.cam_dir, image_id, args.allow_pickle), args.allow_pickle)
+        cam_path = score_file(args.cam_dir, image_id, args.allow_pickle)
+        keys, cams = load_scores(cam_path, args.allow_pickle, kind="cam")
         if cams.shape[1:] != image.shape[:2]:
-            raise ValueError(f"{args.cam_dir}: CAM of {image_id} is {cams.shape[1:]}, image is {image.shape[:2]}")
+            raise cli.InputError(f"{cam_path}: CAM is {cams.shape[1:]} but image {image_id} is {image.shape[:2]}")
         label, scores = random_walk_image(model, image, keys, cams, args, device)
         if args.out_rw_scores:
             keep = np.concatenate([[0], keys + 1])
-            save_scores(Path(args.out_rw_scores) / f"{image_id}.npz", keep, scores[keep].cpu().numpy(), "float32")
+            rw_path = Path(args.out_rw_scores) / f"{image_id}.npz"
+            save_scores(rw_path, keep, scores[keep].cpu().numpy(), "float32", kind="rw")
         save_png(out_rw / f"{image_id}.png", label, palette)
         summary["done"] += 1
     summary["seconds"] = time.time() - start
@@ -143,4 +187,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())

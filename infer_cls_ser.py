@@ -52,7 +52,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from network import build_network
 from network.resnet38d import load_weights
-from tool import pyutils, torchutils
+from tool import cli, pyutils, torchutils
 from tool.camutils import max_norm
 from tool.crf import crf_scores_with_alpha
 from tool.fileio import SCORE_DTYPES, atomic_path, remove_stale_temps, save_png, save_scores
@@ -69,7 +69,7 @@ BG_SCORE = 0.2
 
 def default_crf_workers() -> int:
     """One CPU of this rank's share is left for the network and the data loader."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = cli.usable_cpus()
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     return max(1, cpus // ranks_here - 1)
 
@@ -79,16 +79,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", type=str, required=True, help="trained SSENet state dict (.pth)")
     parser.add_argument("--network", type=str, default="network.resnet38_cls_ser", help="network module, dotted name")
     parser.add_argument(
-        "--width_mult", type=float, default=1.0, help="channel width multiplier the weights were trained with"
+        "--width_mult", type=cli.width_mult, default=1.0, help="channel width multiplier the weights were trained with"
     )
     parser.add_argument("--infer_list", type=str, default="voc12/train.txt", help="list of images to process")
     parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder (JPEGImages, ...)")
     parser.add_argument("--cls_labels", type=str, default="voc12/cls_labels.npz", help="image-level label cache (.npz)")
-    parser.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes per rank")
     parser.add_argument(
-        "--scales", type=float, nargs="+", default=list(MSF_SCALES),
-        help="input scales, each run with its horizontal flip (reference: 1.0 0.5 1.5 2.0)",
-    )  # fmt: skip
+        "--num_workers",
+        type=cli.worker_count,
+        default=8,
+        help="DataLoader worker processes per rank (at most the CPUs)",
+    )
+    parser.add_argument(
+        "--scales",
+        type=cli.float_range(0, 4, lo_open=True),
+        nargs="+",
+        default=list(MSF_SCALES),
+        help="input scales in (0, 4], each run with its horizontal flip (reference: 1.0 0.5 1.5 2.0)",
+    )
     parser.add_argument(
         "--out_cam", type=str, default=None, help="folder for <id>.npz normalised CAMs of present classes"
     )
@@ -99,15 +107,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--out_vis", type=str, default=None, help="folder for <id>.png CAM overlays (image + classes)")
     parser.add_argument(
-        "--bg_score", type=float, default=BG_SCORE,
-        help="constant background score of --out_cam_pred, against CAMs in [0, 1] (reference: 0.2)",
-    )  # fmt: skip
+        "--bg_score",
+        type=cli.unit_float,
+        default=BG_SCORE,
+        help="constant background score of --out_cam_pred in [0, 1], against CAMs in [0, 1] (reference: 0.2)",
+    )
     parser.add_argument(
-        "--crf_alphas", type=float, nargs="+", default=list(CRF_ALPHAS),
-        help="background powers of the CRF scores, bg = (1 - max cam) ** alpha (reference: 4 24)",
-    )  # fmt: skip
+        "--crf_alphas",
+        type=cli.float_range(0, 1000, lo_open=True),
+        nargs="+",
+        default=list(CRF_ALPHAS),
+        help="background powers of the CRF scores in (0, 1000], bg = (1 - max cam) ** alpha (reference: 4 24)",
+    )
     parser.add_argument(
-        "--crf_workers", type=int, default=default_crf_workers(),
+        "--crf_workers", type=cli.worker_count, default=default_crf_workers(),
         help="processes running the dense CRF beside the network; 0 runs it in line; on a CPU device the network "
         "keeps the other torch threads (default: CPUs per rank - 1)",
     )  # fmt: skip
@@ -172,7 +185,7 @@ def write_crf(
 ) -> None:
     """CRF scores of one image for one alpha, written to ``path`` (runs in a worker process)."""
     crf_keys, scores = crf_scores_with_alpha(image, keys, cams, alpha)
-    save_scores(path, crf_keys, scores, score_dtype)
+    save_scores(path, crf_keys, scores, score_dtype, kind="crf")
 
 
 def _save_rgb_png(path: Path, image: np.ndarray) -> None:
@@ -223,7 +236,13 @@ class CrfPool:
             # fork is cheap (no re-import of torch) and safe: the workers start here, before the network and the
             # data loader run threads, and they never touch torch or CUDA. Other platforms get spawn.
             method = "fork" if sys.platform.startswith("linux") else "spawn"
-            self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+            # A worker ends with this process, even when it is killed (SIGKILL): no orphaned ~400 MB CRF processes.
+            self.executor = ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context(method),
+                initializer=cli.die_with_parent,
+                initargs=(os.getpid(),),
+            )
             self.executor.submit(int).result()  # with fork, every worker starts at the first submit: now
 
     def submit(self, path: Path, *job) -> None:
@@ -273,7 +292,7 @@ def write_outputs(args: argparse.Namespace, item: dict, norm_cam: np.ndarray, cr
     for alpha in args.crf_alphas if args.out_crf else ():
         crf_pool.submit(paths[f"crf_{float(alpha)}"], image, keys, cams, alpha, args.score_dtype)
     if args.out_cam:
-        save_scores(paths["cam"], keys, cams, args.score_dtype)
+        save_scores(paths["cam"], keys, cams, args.score_dtype, kind="cam")
     if args.out_cam_pred:
         save_png(paths["cam_pred"], cam_prediction(norm_cam, args.bg_score), voc_palette())
     if args.out_vis:
@@ -284,11 +303,13 @@ def run_images(args: argparse.Namespace, ids: list[str], todo: list[int], device
     """CAMs and outputs of ``ids[i]`` for ``i`` in ``todo``; returns how many images were processed."""
     threads = torch.get_num_threads()
     with CrfPool(args.crf_workers if args.out_crf else 0) as crf_pool:
-        labels = load_or_build_cls_labels(args.voc12_root, ids, args.cls_labels)
-        dataset = Subset(VOC12ClsDatasetMSF(args.infer_list, args.voc12_root, labels, args.scales), todo)
-        # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
-        loader = DataLoader(dataset, batch_size=None, num_workers=args.num_workers, pin_memory=device.type == "cuda")
         model = load_model(args, device)
+        labels = load_or_build_cls_labels(args.voc12_root, ids, args.cls_labels)
+        msf = VOC12ClsDatasetMSF(args.infer_list, args.voc12_root, labels, args.scales, model.normalize)
+        # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
+        loader = DataLoader(
+            Subset(msf, todo), batch_size=None, num_workers=args.num_workers, pin_memory=device.type == "cuda"
+        )
         if device.type == "cpu" and crf_pool.workers:
             # The CRF processes take CPUs from the network, and an oversubscribed OpenMP pool spins: give them up.
             torch.set_num_threads(max(1, threads - crf_pool.workers))
@@ -321,11 +342,9 @@ def main(args: argparse.Namespace) -> dict:
         raise SystemExit("nothing to write: give at least one of --out_cam, --out_cam_pred, --out_crf, --out_vis")
     if args.out_crf and not args.crf_alphas:
         raise SystemExit("--out_crf needs at least one --crf_alphas value")
-    if args.crf_workers < 0:
-        raise SystemExit(f"--crf_workers must be >= 0, got {args.crf_workers}")
 
     # ---- this rank's images, minus the finished ones (decided before any image is read)
-    ids = load_img_id_list(args.infer_list)
+    ids = load_img_id_list(args.infer_list, duplicates="warn")
     mine = torchutils.shard(list(range(len(ids))))
     todo = [i for i in mine if args.overwrite or not all(p.exists() for p in output_paths(args, ids[i]).values())]
     skipped = len(mine) - len(todo)
@@ -333,6 +352,15 @@ def main(args: argparse.Namespace) -> dict:
         logger.info("%d of %d images already have every output; skipping them (--overwrite redoes them)",
                     skipped, len(mine))  # fmt: skip
     folders = {p.parent for p in output_paths(args, ids[0]).values()}
+    for flag, folder in (
+        ("--out_cam", args.out_cam),
+        ("--out_cam_pred", args.out_cam_pred),
+        ("--out_vis", args.out_vis),
+    ):
+        if folder:
+            cli.check_output_dir(folder, flag)
+    for alpha in args.crf_alphas if args.out_crf else ():
+        cli.check_output_dir(crf_dir(args.out_crf, alpha), "--out_crf")
     removed = remove_stale_temps(folders, {ids[i] for i in todo})
     if removed:
         logger.info("removed %d temporary files left by an interrupted run", removed)
@@ -351,4 +379,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())

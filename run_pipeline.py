@@ -4,13 +4,12 @@
     python run_pipeline.py --preset paper --voc12_root VOC2012 \
         --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params  # the published recipe
 
-Stages, in order: train_cls_ser -> infer_cls_ser (CAMs, CAM predictions, CRF
-folders) -> evaluation of the CAMs -> train_aff -> infer_aff (random walk) ->
-evaluation of the random walk. Each stage runs the standalone script as a
-subprocess (the exact command is logged, so it can be re-run by hand) and is
-skipped when its outputs are complete, so a killed run resumes where it
-stopped. At the end a table of mIoU and stage times is printed and
-``<work_dir>/summary.json`` is written.
+Stages, in order: (demo only: toy data, and pretraining on a separate generated classification set, the stand-in
+for the ImageNet weights) -> train_cls_ser -> infer_cls_ser (CAMs, CAM predictions, CRF folders) -> evaluation of
+the CAMs -> train_aff -> infer_aff (random walk) -> evaluation of the random walk. Each stage runs the standalone
+script as a subprocess (the exact command is logged, so it can be re-run by hand) and is skipped when its outputs
+are complete, so a killed run resumes where it stopped. At the end a table of mIoU (over all 21 classes and over
+the classes present in the ground truth) and stage times is printed and ``<work_dir>/summary.json`` is written.
 
 Every script flag stays reachable: ``--train_cls_args "--lr 0.02"`` and its
 siblings are appended to that stage's command and override the preset.
@@ -36,11 +35,11 @@ from voc12.voc import load_img_id_list, segmentation_path, voc_palette
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent
 
-# Flags of each stage, per preset. The paper preset is the reference's defaults
-# (SPEC.md); the demo is sized to run end to end on 2 CPU cores in minutes:
-# width 1/8, small images and crops, and - since no ImageNet weights can be had -
-# training from scratch (He init + data-estimated BN statistics) with the
-# optimiser's intended momentum 0.9 and a higher learning rate.
+# Flags of each stage, per preset. The paper preset is the reference's defaults (docs/method.md). The demo runs
+# the very same SSENet and AffinityNet stages (frozen BatchNorm, the reference optimiser, --weights) at width 1/8
+# on small toy images; its --weights come from the "pretrain" stage, which trains network.resnet38_pretrain
+# from scratch (BatchNorm in training mode, SGD momentum 0.9) on a separate toy classification set, as ImageNet
+# weights come from a classifier trained on a set separate from VOC (docs/method.md#toy-data-and-the-cpu-demo).
 PRESETS = {
     "paper": {
         "train_cls": [],
@@ -49,20 +48,35 @@ PRESETS = {
         "infer_aff": [],
     },
     "demo": {
-        "toy": {"num_train": 192, "num_val": 24, "size": 128, "seed": 0, "min_extent": 0.15, "max_extent": 0.6},
+        "toy": {"num_train": 192, "num_val": 24, "size": 128, "seed": 0, "min_extent": 0.12, "max_extent": 0.7},
+        "pretrain_toy": {
+            "num_train": 1200, "num_val": 32, "size": 128, "seed": 1000, "min_extent": 0.3, "max_extent": 0.9,
+            "max_objects": 1,
+        },
         "common": ["--width_mult", "0.125", "--device", "cpu"],
-        "train": [
-            "--from_scratch", "--momentum", "0.9", "--dropout_scale", "0", "--num_workers", "1", "--print_freq", "24",
+        "train": ["--num_workers", "1", "--print_freq", "24"],
+        "pretrain": [
+            "--network", "network.resnet38_pretrain", "--ser_weight", "0", "--from_scratch", "--bn_calib_batches",
+            "0", "--optimizer", "adam", "--lr", "0.001", "--wt_dec", "0", "--dropout_scale", "0", "--batch_size", "16",
+            "--max_epoches", "10", "--crop_size", "96", "--resize_long", "96", "128", "--val_crop_size", "128",
         ],
         "train_cls": [
-            "--batch_size", "8", "--max_epoches", "20", "--lr", "0.01", "--crop_size", "96",
-            "--resize_long", "96", "128", "--val_crop_size", "128",
+            "--batch_size", "8", "--max_epoches", "20", "--crop_size", "96", "--resize_long", "96", "128",
+            "--val_crop_size", "128",
         ],
         "infer_cls": ["--num_workers", "1", "--crf_workers", "1"],
-        "train_aff": ["--batch_size", "8", "--max_epoches", "8", "--lr", "0.01", "--crop_size", "96"],
+        "train_aff": ["--batch_size", "8", "--max_epoches", "8", "--crop_size", "96"],
         "infer_aff": ["--num_workers", "1"],
     },
 }  # fmt: skip
+STAGES = ("pretrain", "train_cls", "infer_cls", "train_aff", "infer_aff")
+
+# --backbone: the network module of the CAM stages and of the affinity stages.
+BACKBONES = {
+    "resnet38": {"cls": "network.resnet38_cls_ser", "aff": "network.resnet38_aff"},
+    "vgg16": {"cls": "network.vgg16_cls_ser", "aff": "network.vgg16_aff"},
+}
+VARIANT_NAMES = {"ssenet": "SSENet (ser_weight 1)", "baseline": "baseline (ser_weight 0)"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -75,28 +89,75 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val_list", type=str, default="voc12/val.txt", help="paper: validation list")
     parser.add_argument("--eval_list", type=str, default="voc12/train.txt", help="paper: list scored (train)")
     parser.add_argument("--ablation", action="store_true", help="also run the --ser_weight 0 baseline")
-    parser.add_argument("--figure_images", type=int, default=4, help="val images in the figure grid (0: none)")
-    for stage in ("train_cls", "infer_cls", "train_aff", "infer_aff"):
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[1],
+        help="--seed of both training stages; several seeds repeat every variant and report mean and spread",
+    )  # fmt: skip
+    parser.add_argument(
+        "--backbone",
+        choices=sorted(BACKBONES),
+        default="resnet38",
+        help="network of every stage: resnet38 (--weights .params) or vgg16 (--weights vgg16_20M.caffemodel)",
+    )
+    parser.add_argument(
+        "--figure_images", type=int, default=4,
+        help="val images in the figure: those where the random walk gains most over the CAM (0: no figure)",
+    )  # fmt: skip
+    for stage in STAGES:
         parser.add_argument(f"--{stage}_args", type=str, default="", help=f"extra flags for the {stage} stage")
     parser.add_argument("--toy_num_train", type=int, default=None, help="demo: toy training images")
     parser.add_argument("--toy_num_val", type=int, default=None, help="demo: toy validation images")
     parser.add_argument("--toy_size", type=int, default=None, help="demo: toy image long side, pixels")
+    parser.add_argument("--pretrain_num_images", type=int, default=None, help="demo: pretraining set size")
     return parser
 
 
+def image_miou(gt: np.ndarray, pred: np.ndarray) -> float:
+    """Mean IoU over the classes of one image's ground truth (for picking the figure's images)."""
+    from tool.metrics import confusion, scores_from_confusion
+
+    scores = scores_from_confusion(confusion(gt, pred))
+    return 0.0 if scores["mIoU_present"] is None else scores["mIoU_present"]
+
+
+def eval_result(cam: dict, rw: dict) -> dict:
+    """The numbers of one trained variant: mIoU over 21 and over the present classes, per-class IoU."""
+    present = cam["present_classes"]
+    return {
+        "cam_miou": cam["mIoU"],
+        "rw_miou": rw["mIoU"],
+        "cam_miou_present": cam["mIoU_present"],
+        "rw_miou_present": rw["mIoU_present"],
+        "cam_iou": {c: cam["IoU"][c] for c in present},
+        "rw_iou": {c: rw["IoU"][c] for c in present},
+    }
+
+
+def mean_and_std(runs: list[dict]) -> tuple[dict, dict]:
+    keys = ("cam_miou", "rw_miou", "cam_miou_present", "rw_miou_present")
+    values = {k: np.array([r[k] for r in runs], dtype=np.float64) for k in keys}
+    std = {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}
+    return {k: float(v.mean()) for k, v in values.items()}, std
+
+
 class Pipeline:
-    """The stages of one work directory; ``variant`` is "ssenet" or "baseline" (``--ser_weight 0``)."""
+    """The stages of one work directory. A run of a variant ("ssenet", or "baseline" with ``--ser_weight 0``)
+    and a seed lives in ``<work_dir>/<variant>/seed<seed>/``."""
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.preset = PRESETS[args.preset]
         self.work = Path(args.work_dir or f"work_dirs/{args.preset}").resolve()
         self.stage_seconds: dict[str, float] = {}
+        self.weights = args.weights
         if args.preset == "demo":
+            if args.backbone != "resnet38":
+                raise SystemExit("--preset demo pretrains a ResNet38; --backbone vgg16 needs --preset paper")
             self.voc12_root = self.work / "toy_voc"
             lists = self.voc12_root / "ImageSets" / "Segmentation"
             self.train_list, self.val_list = lists / "train.txt", lists / "val.txt"
             self.eval_list, self.infer_list = lists / "train.txt", lists / "trainval.txt"
+            self.pretrain_root = self.work / "pretrain_voc"
         else:
             self.voc12_root = Path(args.voc12_root).resolve()
             self.train_list, self.val_list = Path(args.train_list), Path(args.val_list)
@@ -117,11 +178,15 @@ class Pipeline:
         """Preset flags for a stage, then the user's ``--<stage>_args``."""
         p = self.preset
         common = p.get("common", [])
-        train = p.get("train", []) if stage.startswith("train") else []
-        return [*common, *train, *p.get(stage, []), *shlex.split(getattr(self.args, f"{stage}_args"))]
+        train = p.get("train", []) if stage.startswith(("train", "pretrain")) else []
+        network = [] if stage == "pretrain" else ["--network", BACKBONES[self.args.backbone][stage.rpartition("_")[2]]]
+        return [*network, *common, *train, *p.get(stage, []), *shlex.split(getattr(self.args, f"{stage}_args"))]
 
     def all_exist(self, folder: Path, ids: list[str], suffix: str) -> bool:
         return folder.is_dir() and all((folder / f"{i}{suffix}").exists() for i in ids)
+
+    def run_dir(self, variant: str, seed: int) -> Path:
+        return self.work / variant / f"seed{seed}"
 
     # ------------------------------------------------------------------ stages
 
@@ -135,33 +200,50 @@ class Pipeline:
             if not self.infer_list.exists() or self.infer_list.read_text() != text:
                 atomic_write_text(self.infer_list, text)
             return
-        from voc12.make_toy_voc import make_toy_voc
+        from voc12.make_toy_voc import MARKER_FILE, make_toy_voc
 
-        toy = dict(self.preset["toy"])
+        toy, pretrain_toy = dict(self.preset["toy"]), dict(self.preset["pretrain_toy"])
         for key in ("num_train", "num_val", "size"):
             if getattr(self.args, f"toy_{key}") is not None:
                 toy[key] = getattr(self.args, f"toy_{key}")
-        if not (self.voc12_root / "toy_voc.json").exists():
-            start = time.time()
-            make_toy_voc(self.voc12_root, **toy)
-            self.stage_seconds["data"] = time.time() - start
+        if self.args.pretrain_num_images is not None:
+            pretrain_toy["num_train"] = self.args.pretrain_num_images
+        for root, params in ((self.voc12_root, toy), (self.pretrain_root, pretrain_toy)):
+            if not (root / MARKER_FILE).exists():
+                start = time.time()
+                make_toy_voc(root, **params)
+                self.stage_seconds["data"] = self.stage_seconds.get("data", 0.0) + time.time() - start
 
-    def cls_pipeline(self, variant: str) -> dict:
+    def pretrain(self) -> None:
+        """Demo only: the backbone weights both training stages start from (the stand-in for ImageNet's)."""
+        out = self.work / "pretrain"
+        session = out / "resnet38_pretrain"
+        self.weights = str(session.with_suffix(".pth"))
+        if session.with_suffix(".pth").exists():
+            return
+        lists = self.pretrain_root / "ImageSets" / "Segmentation"
+        flags = [
+            "--voc12_root", str(self.pretrain_root), "--train_list", str(lists / "train.txt"),
+            "--val_list", str(lists / "val.txt"), "--session_name", str(session), "--tblog_dir", str(out / "tb"),
+            "--cls_labels", str(self.work / "pretrain_cls_labels.npz"),
+        ]  # fmt: skip
+        self.run("pretrain", "train_cls_ser.py", flags + self.flags("pretrain"))
+
+    def cls_pipeline(self, variant: str, seed: int) -> dict:
         """train_cls_ser -> infer_cls_ser -> CAM evaluation; returns the CAM scores."""
-        out = self.work / variant
+        out = self.run_dir(variant, seed)
+        name = f"{variant}/seed{seed}"
         session = out / "resnet38_cls_ser"
-        weights = self.args.weights
         if not session.with_suffix(".pth").exists():
             flags = [
                 "--voc12_root", str(self.voc12_root), "--train_list", str(self.train_list),
-                "--val_list", str(self.val_list), "--session_name", str(session),
+                "--val_list", str(self.val_list), "--session_name", str(session), "--weights", self.weights,
                 "--tblog_dir", str(out / "tb_cls"), "--cls_labels", str(self.work / "cls_labels.npz"),
+                "--seed", str(seed),
             ]  # fmt: skip
-            if weights:
-                flags += ["--weights", weights]
             if variant == "baseline":
                 flags += ["--ser_weight", "0"]
-            self.run(f"{variant}/train_cls", "train_cls_ser.py", flags + self.flags("train_cls"))
+            self.run(f"{name}/train_cls", "train_cls_ser.py", flags + self.flags("train_cls"))
         ids = load_img_id_list(self.infer_list)
         cam, cam_pred, crf = out / "cam", out / "cam_pred", out / "crf"
         done = all(self.all_exist(d, ids, s) for d, s in ((cam, ".npz"), (cam_pred, ".png")))
@@ -172,22 +254,22 @@ class Pipeline:
                 "--voc12_root", str(self.voc12_root), "--cls_labels", str(self.work / "cls_labels.npz"),
                 "--out_cam", str(cam), "--out_cam_pred", str(cam_pred), "--out_crf", str(crf),
             ]  # fmt: skip
-            self.run(f"{variant}/infer_cls", "infer_cls_ser.py", flags + self.flags("infer_cls"))
-        return self.evaluate(f"{variant}/eval_cam", cam_pred, out / "eval_cam.json")
+            self.run(f"{name}/infer_cls", "infer_cls_ser.py", flags + self.flags("infer_cls"))
+        return self.evaluate(f"{name}/eval_cam", cam_pred, out / "eval_cam.json")
 
-    def aff_pipeline(self, variant: str) -> dict:
+    def aff_pipeline(self, variant: str, seed: int) -> dict:
         """train_aff -> infer_aff -> random-walk evaluation; returns the scores."""
-        out = self.work / variant
+        out = self.run_dir(variant, seed)
+        name = f"{variant}/seed{seed}"
         session = out / "resnet38_aff"
         if not session.with_suffix(".pth").exists():
             flags = [
                 "--voc12_root", str(self.voc12_root), "--train_list", str(self.train_list),
                 "--la_crf_dir", str(out / "crf_4.0"), "--ha_crf_dir", str(out / "crf_24.0"),
-                "--session_name", str(session), "--tblog_dir", str(out / "tb_aff"),
+                "--session_name", str(session), "--tblog_dir", str(out / "tb_aff"), "--weights", self.weights,
+                "--seed", str(seed),
             ]  # fmt: skip
-            if self.args.weights:
-                flags += ["--weights", self.args.weights]
-            self.run(f"{variant}/train_aff", "train_aff.py", flags + self.flags("train_aff"))
+            self.run(f"{name}/train_aff", "train_aff.py", flags + self.flags("train_aff"))
         ids = load_img_id_list(self.infer_list)
         rw = out / "rw"
         if not self.all_exist(rw, ids, ".png"):
@@ -195,8 +277,8 @@ class Pipeline:
                 "--weights", str(session.with_suffix(".pth")), "--infer_list", str(self.infer_list),
                 "--cam_dir", str(out / "cam"), "--voc12_root", str(self.voc12_root), "--out_rw", str(rw),
             ]  # fmt: skip
-            self.run(f"{variant}/infer_aff", "infer_aff.py", flags + self.flags("infer_aff"))
-        return self.evaluate(f"{variant}/eval_rw", rw, out / "eval_rw.json")
+            self.run(f"{name}/infer_aff", "infer_aff.py", flags + self.flags("infer_aff"))
+        return self.evaluate(f"{name}/eval_rw", rw, out / "eval_rw.json")
 
     def evaluate(self, name: str, predict_dir: Path, json_path: Path) -> dict:
         if not json_path.exists():
@@ -207,47 +289,76 @@ class Pipeline:
             self.run(name, "evaluation.py", flags)
         return json.loads(json_path.read_text())
 
-    def background_only_miou(self) -> float:
-        """mIoU of predicting background everywhere: the floor any CAM must beat."""
+    def background_only(self) -> tuple[float, float]:
+        """mIoU (21 classes, present classes) of predicting background everywhere: the floor any CAM must beat."""
         from tool.metrics import confusion, scores_from_confusion
 
         conf = 0
         for i in load_img_id_list(self.eval_list):
             gt = load_label_png(segmentation_path(self.voc12_root, i))
             conf = conf + confusion(gt, np.zeros_like(gt))
-        return 100 * scores_from_confusion(conf)["mIoU"]
+        scores = scores_from_confusion(conf)
+        return 100 * scores["mIoU"], 100 * scores["mIoU_present"]
 
-    def figure(self, variant: str, path: Path, n: int) -> None:
+    def figure_ids(self, out: Path, n: int) -> list[str]:
+        """The ``n`` inferred val images where the random walk gains most over the CAM (per-image mIoU)."""
+        inferred = set(load_img_id_list(self.infer_list))
+        gains = []
+        for i in load_img_id_list(self.val_list):
+            if i not in inferred:
+                continue
+            gt = load_label_png(segmentation_path(self.voc12_root, i))
+            cam = load_label_png(out / "cam_pred" / f"{i}.png")
+            rw = load_label_png(out / "rw" / f"{i}.png")
+            gains.append((image_miou(gt, rw) - image_miou(gt, cam), i))
+        return [i for _, i in sorted(gains, key=lambda g: -g[0])[:n]]
+
+    def figure(self, out: Path, path: Path, n: int) -> None:
         """Rows of (image, ground truth, CAM prediction, CRF label, random-walk label) for ``n`` val images."""
         from PIL import Image
 
+        from tool.fileio import atomic_path
         from voc12.data import load_rgb
         from voc12.voc import jpeg_path
 
-        ids = load_img_id_list(self.val_list)[:n]
         palette = voc_palette()
-        out = self.work / variant
         rows = []
-        for i in ids:
+        for i in self.figure_ids(out, n):
             image = np.asarray(load_rgb(jpeg_path(self.voc12_root, i)))
-            keys, scores = load_scores(out / "crf_4.0" / f"{i}.npz")
-            crf_label = keys[np.argmax(scores, axis=0)]
-            tiles = [image] + [
-                palette[label]
-                for label in (
-                    load_label_png(segmentation_path(self.voc12_root, i)),
-                    load_label_png(out / "cam_pred" / f"{i}.png"),
-                    crf_label,
-                    load_label_png(out / "rw" / f"{i}.png"),
-                )
-            ]
+            keys, scores = load_scores(out / "crf_4.0" / f"{i}.npz", kind="crf")
+            labels = (
+                load_label_png(segmentation_path(self.voc12_root, i)),
+                load_label_png(out / "cam_pred" / f"{i}.png"),
+                keys[np.argmax(scores, axis=0)],
+                load_label_png(out / "rw" / f"{i}.png"),
+            )
+            tiles = [image] + [palette[label] for label in labels]
             rows.append(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in tiles], 1))
+        if not rows:
+            return
         width = max(r.shape[1] for r in rows)
         grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
-        from tool.fileio import atomic_path
-
         with atomic_path(path) as tmp:
             Image.fromarray(grid.astype(np.uint8)).save(tmp, format="PNG")
+
+
+def run_variants(pipe: Pipeline, args: argparse.Namespace) -> dict:
+    """Every variant x seed through the CAM and affinity stages; per variant the runs, their mean and spread."""
+    variants = ["ssenet", "baseline"] if args.ablation else ["ssenet"]
+    results = {}
+    for variant in variants:
+        runs = {}
+        for seed in args.seeds:
+            cam = pipe.cls_pipeline(variant, seed)
+            rw = pipe.aff_pipeline(variant, seed)
+            runs[seed] = eval_result(cam, rw)
+            runs[seed]["present_classes"] = cam["present_classes"]
+        mean, std = mean_and_std(list(runs.values()))
+        results[variant] = {"seeds": runs, "mean": mean, "std": std}
+        if args.figure_images > 0:
+            first = pipe.run_dir(variant, args.seeds[0])
+            pipe.figure(first, pipe.work / f"figure_{variant}.png", args.figure_images)
+    return results
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -256,20 +367,16 @@ def main(args: argparse.Namespace) -> dict:
     setup_logger(pipe.work / "pipeline.log")
     start = time.time()
     pipe.prepare_data()
-    variants = ["ssenet", "baseline"] if args.ablation else ["ssenet"]
-    results = {}
-    for variant in variants:
-        cam = pipe.cls_pipeline(variant)
-        rw = pipe.aff_pipeline(variant)
-        results[variant] = {"cam_miou": cam["mIoU"], "rw_miou": rw["mIoU"]}
-        if args.figure_images > 0:
-            pipe.figure(variant, pipe.work / f"figure_{variant}.png", args.figure_images)
-
+    if args.preset == "demo":
+        pipe.pretrain()
+    results = run_variants(pipe, args)
+    headline = dict(results["ssenet"]["seeds"][args.seeds[0]])
+    floor, floor_present = pipe.background_only()
     summary = {
         "preset": args.preset,
-        "cam_miou": results["ssenet"]["cam_miou"],
-        "rw_miou": results["ssenet"]["rw_miou"],
-        "background_only_miou": pipe.background_only_miou(),
+        **headline,
+        "background_only_miou": floor,
+        "background_only_miou_present": floor_present,
         "variants": results,
         "stage_seconds": pipe.stage_seconds,
         "total_seconds": time.time() - start,
@@ -277,29 +384,46 @@ def main(args: argparse.Namespace) -> dict:
             "work_dir": str(pipe.work),
             "voc12_root": str(pipe.voc12_root),
             "eval_list": str(pipe.eval_list),
+            "seeds": args.seeds,
+            "weights": pipe.weights,
             "preset_flags": PRESETS[args.preset],
-            "extra_flags": {
-                s: getattr(args, f"{s}_args") for s in ("train_cls", "infer_cls", "train_aff", "infer_aff")
-            },
+            "extra_flags": {s: getattr(args, f"{s}_args") for s in STAGES},
         },
     }
     atomic_write_text(pipe.work / "summary.json", json.dumps(summary, indent=2) + "\n")
-    print_table(summary)
+    print(format_table(summary))
     return summary
 
 
-def print_table(summary: dict) -> None:
-    lines = ["", f"{'model':<28}{'CAM mIoU':>10}{'CAM+RW mIoU':>13}"]
-    names = {"ssenet": "SSENet (ser_weight 1)", "baseline": "baseline (ser_weight 0)"}
+def format_table(summary: dict) -> str:
+    """mIoU over all 21 classes and over the classes present in the ground truth, per-class IoU, stage times."""
+    n_seeds = len(summary["settings"]["seeds"])
+    lines = ["", f"mIoU on {summary['settings']['eval_list']}: all 21 classes / the classes present in the GT"]
+    spread = f" (mean +- std over {n_seeds} seeds)" if n_seeds > 1 else ""
+    lines.append(f"{'model' + spread:<44}{'CAM':>16}{'CAM + RW':>18}")
     for variant, r in summary["variants"].items():
-        lines.append(f"{names[variant]:<28}{r['cam_miou']:>10.2f}{r['rw_miou']:>13.2f}")
-    lines.append(f"{'all background':<28}{summary['background_only_miou']:>10.2f}")
+        m, s = r["mean"], r["std"]
+        cells = []
+        for stage in ("cam", "rw"):
+            k, kp = f"{stage}_miou", f"{stage}_miou_present"
+            if n_seeds > 1:
+                cells.append(f"{m[k]:5.1f}+-{s[k]:.1f} / {m[kp]:4.1f}+-{s[kp]:.1f}")
+            else:
+                cells.append(f"{m[k]:6.2f} / {m[kp]:5.2f}")
+        lines.append(f"{VARIANT_NAMES[variant]:<44}{cells[0]:>16}{cells[1]:>18}")
+    floor = f"{summary['background_only_miou']:6.2f} / {summary['background_only_miou_present']:5.2f}"
+    lines.append(f"{'all background':<44}{floor:>16}")
+    lines.append("")
+    lines.append(f"per-class IoU, {VARIANT_NAMES['ssenet']}, seed {summary['settings']['seeds'][0]}:")
+    lines.append(f"{'class':<14}{'CAM':>8}{'CAM + RW':>10}")
+    for name, iou in summary["cam_iou"].items():
+        lines.append(f"{name:<14}{iou:>8.2f}{summary['rw_iou'][name]:>10.2f}")
     lines.append("")
     lines.append(f"{'stage':<28}{'seconds':>10}")
     for stage, seconds in summary["stage_seconds"].items():
         lines.append(f"{stage:<28}{seconds:>10.1f}")
     lines.append(f"{'total':<28}{summary['total_seconds']:>10.1f}")
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -12,18 +12,32 @@ from __future__ import annotations
 import argparse
 
 from network.resnet38_aff import affinity_loss
-from tool import training
+from tool import cli, training
 from voc12.data import VOC12AffDataset
+from voc12.voc import load_img_id_list
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train AffinityNet (ResNet38) on CRF-refined CAM labels")
     training.add_training_args(
-        parser, {"batch_size": 8, "max_epoches": 8, "network": "network.resnet38_aff", "session_name": "resnet38_aff"}
+        parser,
+        {
+            "batch_size": 8,
+            "max_epoches": 8,
+            "network": "network.resnet38_aff",
+            "session_name": "resnet38_aff",
+            "min_crop": 72,
+            "min_crop_reason": "the radius-5 pairs need 9 x 9 cells of the stride-8 grid",
+        },
     )
     parser.add_argument("--la_crf_dir", type=str, required=True, help="low-alpha CRF folder (confident foreground)")
     parser.add_argument("--ha_crf_dir", type=str, required=True, help="high-alpha CRF folder (confident background)")
-    parser.add_argument("--allow_pickle", action="store_true", help="read the reference's pickled .npy CRF files")
+    parser.add_argument(
+        "--allow_pickle",
+        action="store_true",
+        help="also read the reference's pickled <id>.npy CRF files; unpickling can run arbitrary code stored in a "
+        "file, so use it only on files you trust",
+    )
     return parser
 
 
@@ -37,13 +51,14 @@ def loss_fn(model, batch, device):
 
 
 def main(args: argparse.Namespace) -> dict:
+    load_img_id_list(args.train_list)  # duplicate ids are an error here: they would weigh twice
+    model = training.build_model(args)
     dataset = VOC12AffDataset(
         args.train_list, args.voc12_root, args.la_crf_dir, args.ha_crf_dir, crop_size=args.crop_size,
-        allow_pickle=args.allow_pickle,
+        allow_pickle=args.allow_pickle, normalize=model.normalize,
     )  # fmt: skip
-    model = training.build_model(args)
     return training.train(args, model, dataset, loss_fn)
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from network.resnet38_cls_ser import classification_loss, ssenet_loss
-from tool import training
+from tool import cli, training
 from tool.visualization import cam_panel
 from voc12.data import TrainClsTransform, ValClsTransform, VOC12ClsDataset
 from voc12.make_cls_labels import load_or_build_cls_labels
@@ -26,18 +26,38 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train SSENet (ResNet38 CAM network with scale equivariance)")
     training.add_training_args(
         parser,
-        {"batch_size": 16, "max_epoches": 15, "network": "network.resnet38_cls_ser", "session_name": "resnet38_cls_ser"},
+        {
+            "batch_size": 16,
+            "max_epoches": 15,
+            "network": "network.resnet38_cls_ser",
+            "session_name": "resnet38_cls_ser",
+        },
     )
     parser.add_argument("--val_list", type=str, default="voc12/val.txt", help="validation list ('' skips validation)")
-    parser.add_argument("--val_crop_size", type=int, default=500, help="validation centre crop, pixels")
+    parser.add_argument(
+        "--val_crop_size", type=cli.int_range(8, 4096), default=500, help="validation centre crop, pixels, 8..4096"
+    )
     parser.add_argument("--cls_labels", type=str, default="voc12/cls_labels.npz", help="image-level label cache")
     parser.add_argument(
-        "--resize_long", type=int, nargs=2, default=(448, 768), metavar=("MIN", "MAX"),
-        help="random long-side resize range, pixels (reference: 448 768)",
-    )  # fmt: skip
-    parser.add_argument("--branch_rate", type=float, default=0.3, help="scale of the second branch (SSENet: 0.3)")
+        "--resize_long",
+        type=cli.int_range(8, 4096),
+        nargs=2,
+        default=(448, 768),
+        metavar=("MIN", "MAX"),
+        action=cli.OrderedPair,
+        help="random long-side resize range, pixels, 8 <= MIN <= MAX <= 4096 (reference: 448 768)",
+    )
     parser.add_argument(
-        "--ser_weight", type=float, default=1.0, help="weight of the scale-equivariance loss; 0 = baseline"
+        "--branch_rate",
+        type=cli.float_range(0, 1, lo_open=True, hi_open=True),
+        default=0.3,
+        help="scale of the second branch, in (0, 1) (SSENet: 0.3)",
+    )
+    parser.add_argument(
+        "--ser_weight",
+        type=cli.float_range(0, 1000),
+        default=1.0,
+        help="weight of the scale-equivariance loss in [0, 1000]; 0 = baseline",
     )
     return parser
 
@@ -56,13 +76,17 @@ def make_loss_fn(branch_rate: float, ser_weight: float):
     return loss_fn
 
 
-def vis_fn(writer, vis, step: int) -> None:
-    """CAM overlays of both branches for the first image of the batch."""
-    image, label = vis["image"].float().cpu().numpy(), vis["label"].cpu().numpy()
-    writer.add_image("cam", cam_panel(image, vis["cam"].detach().float().cpu().numpy(), label), step)
-    if "cam_small" in vis:
-        cam_small = torch.nn.functional.interpolate(vis["cam_small"][None].detach().float(), size=image.shape[1:])
-        writer.add_image("cam_small", cam_panel(image, cam_small[0].cpu().numpy(), label), step)
+def make_vis_fn(denormalize):
+    """CAM overlays of both branches for the first image of the batch; ``denormalize`` is the network's."""
+
+    def vis_fn(writer, vis, step: int) -> None:
+        image, label = vis["image"].float().cpu().numpy(), vis["label"].cpu().numpy()
+        writer.add_image("cam", cam_panel(image, vis["cam"].detach().float().cpu().numpy(), label, denormalize), step)
+        if "cam_small" in vis:
+            cam_small = torch.nn.functional.interpolate(vis["cam_small"][None].detach().float(), size=image.shape[1:])
+            writer.add_image("cam_small", cam_panel(image, cam_small[0].cpu().numpy(), label, denormalize), step)
+
+    return vis_fn
 
 
 @torch.no_grad()
@@ -78,24 +102,26 @@ def evaluate(model, loader, device) -> dict[str, float]:
 
 
 def main(args: argparse.Namespace) -> dict:
+    model = training.build_model(args)
     ids = load_img_id_list(args.train_list)
     val_ids = load_img_id_list(args.val_list) if args.val_list else []
     labels = load_or_build_cls_labels(args.voc12_root, ids + val_ids, args.cls_labels)
-    dataset = VOC12ClsDataset(
-        args.train_list, args.voc12_root, labels, TrainClsTransform(tuple(args.resize_long), args.crop_size)
-    )
+    # The network's own input normalisation (ImageNet for ResNet38, Caffe BGR means for VGG16).
+    transform = TrainClsTransform(tuple(args.resize_long), args.crop_size, model.normalize)
+    dataset = VOC12ClsDataset(args.train_list, args.voc12_root, labels, transform)
     val_fn = None
     if args.val_list:
-        val_set = VOC12ClsDataset(args.val_list, args.voc12_root, labels, ValClsTransform(args.val_crop_size))
+        val_transform = ValClsTransform(args.val_crop_size, model.normalize)
+        val_set = VOC12ClsDataset(args.val_list, args.voc12_root, labels, val_transform)
         val_loader = DataLoader(val_set, batch_size=max(1, args.batch_size // args.accum_steps), shuffle=False,
                                 num_workers=args.num_workers)  # fmt: skip
 
         def val_fn(model, device):
             return evaluate(model, val_loader, device)
 
-    model = training.build_model(args)
-    return training.train(args, model, dataset, make_loss_fn(args.branch_rate, args.ser_weight), val_fn, vis_fn)
+    loss_fn = make_loss_fn(args.branch_rate, args.ser_weight)
+    return training.train(args, model, dataset, loss_fn, val_fn, make_vis_fn(model.denormalize))
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())

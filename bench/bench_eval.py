@@ -99,7 +99,7 @@ def make_data(root: Path, num_images: int, num_cams: int, seed: int = 0) -> tupl
                 k = classes.index(cls)
                 cams[k] = np.maximum(cams[k], blob * rng.uniform(0.5, 1.0))
             cams /= cams.reshape(len(classes), -1).max(1)[:, None, None] + 1e-5
-            save_scores(root / "cam" / f"{image_id}.npz", np.array(classes) - 1, cams)
+            save_scores(root / "cam" / f"{image_id}.npz", np.array(classes) - 1, cams, kind="cam")
     for name, n in (("masks.txt", num_images), ("cams.txt", num_cams)):
         (root / name).write_text("".join(f"{image_id}\n" for image_id in ids[:n]))
     return ids[:num_images], ids[:num_cams]

@@ -82,12 +82,12 @@ def reference_style(args: argparse.Namespace, out: Path) -> tuple[int, float, fl
         norm_cam = cam_sum / (cam_sum.max(axis=(1, 2), keepdims=True) + 1e-5)
         keys = np.flatnonzero(label > 0)
         t_net += time.perf_counter() - start
-        save_scores(out / "cam" / f"{item['id']}.npz", keys, norm_cam[keys])
+        save_scores(out / "cam" / f"{item['id']}.npz", keys, norm_cam[keys], kind="cam")
         save_png(out / "pred" / f"{item['id']}.png", infer_cls_ser.cam_prediction(norm_cam, args.bg_score), palette)
         start = time.perf_counter()
         for alpha in args.crf_alphas:
             crf_keys, scores = crf_scores_with_alpha(image, keys, norm_cam[keys], alpha)
-            save_scores(out / f"crf_{float(alpha)}" / f"{item['id']}.npz", crf_keys, scores)
+            save_scores(out / f"crf_{float(alpha)}" / f"{item['id']}.npz", crf_keys, scores, kind="crf")
         t_crf += time.perf_counter() - start
     return len(dataset), t_net, t_crf
 

@@ -32,9 +32,14 @@ class Net(resnet38d.Net):
         return F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)
 
 
-# Both resizes of the scale branch use align_corners=True, as the SSENet/SEAM
-# training code does; the head's upsampling above uses align_corners=False.
-SCALE_ALIGN_CORNERS = True
+def downscale(x: torch.Tensor, rate: float) -> torch.Tensor:
+    """Bilinear resize by ``rate`` as PyTorch 0.4.1 did it, where the published numbers come from.
+
+    There ``F.interpolate(x, scale_factor=r, mode="bilinear")`` gave the output size floor(in * r) and sampled
+    as if only that size had been given, with ``align_corners=False`` (docs/method.md#ssenet-training). Today
+    that is ``recompute_scale_factor=True``; without it the sampling grid uses 1/r itself and differs.
+    """
+    return F.interpolate(x, scale_factor=rate, mode="bilinear", align_corners=False, recompute_scale_factor=True)
 
 
 def classification_loss(cam: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -62,9 +67,9 @@ def ssenet_loss(
     loss_cls = classification_loss(cam, labels)
     if ser_weight == 0:
         return loss_cls, {"loss_cls": loss_cls, "cam": cam}
-    images_small = F.interpolate(images, scale_factor=branch_rate, mode="bilinear", align_corners=SCALE_ALIGN_CORNERS)
-    cam_small = model(images_small)  # (N, 20, rH, rW)
-    cam_rescaled = F.interpolate(cam, size=cam_small.shape[2:], mode="bilinear", align_corners=SCALE_ALIGN_CORNERS)
+    images_small = downscale(images, branch_rate)
+    cam_small = model(images_small)  # (N, 20, floor(rH), floor(rW))
+    cam_rescaled = downscale(cam, branch_rate)  # same size as cam_small: the head upsamples to the input size
     loss_cls_small = classification_loss(cam_small, labels)
     loss_ser = ser_loss(cam_small, cam_rescaled, labels)
     loss = (loss_cls + loss_cls_small) / 2 + ser_weight * loss_ser

@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tool import imutils, torchutils
+from tool.cli import InputError, MissingFileError
+
 logger = logging.getLogger(__name__)
 
 IMAGENET_PARAMS_MD5 = "ff21f45d6bf03284100dcbec571edfad"  # ilsvrc-cls_rna-a1_cls1000_ep-0001.params
@@ -86,8 +89,13 @@ class ResBlockBottleneck(nn.Module):
 class Net(nn.Module):
     """The backbone. ``forward(x)`` gives conv6 (N, 4096 * width_mult, H/8, W/8)."""
 
-    #: names of the layers a head adds on top of the backbone (trained from scratch)
+    #: names of the layers a head adds on top of the backbone (trained from scratch, 10x / 20x lr)
     new_layer_names: tuple[str, ...] = ()
+    #: every layer of the head (absent from ImageNet weights); more than new_layer_names only for VGG16 AffinityNet
+    head_layer_names: tuple[str, ...] = ()
+    #: the input normalisation this network was trained with (ImageNet mean / std), used by every dataset and script
+    normalize = staticmethod(imutils.normalize)
+    denormalize = staticmethod(imutils.denormalize)
 
     def __init__(self, width_mult: float = 1.0):
         super().__init__()
@@ -191,19 +199,30 @@ class Net(nn.Module):
         self.train(was_training)
 
     def parameter_groups(self) -> list[list[nn.Parameter]]:
-        """Trainable Conv2d parameters split as SPEC section 2:
+        """Trainable Conv2d parameters split as docs/method.md#ssenet-training:
         [pretrained weights, pretrained biases, new-layer weights, new-layer biases]."""
-        groups: list[list[nn.Parameter]] = [[], [], [], []]
-        new_modules = {id(m) for name in self.new_layer_names for m in getattr(self, name).modules()}
-        for m in self.modules():
-            if not isinstance(m, nn.Conv2d):
-                continue
-            offset = 2 if id(m) in new_modules else 0
-            if m.weight.requires_grad:
-                groups[offset].append(m.weight)
-            if m.bias is not None and m.bias.requires_grad:
-                groups[offset + 1].append(m.bias)
-        return groups
+        return split_parameter_groups(self, (nn.Conv2d,))
+
+    def get_parameter_groups(self) -> list[list[nn.Parameter]]:
+        """The published name of :meth:`parameter_groups`."""
+        return self.parameter_groups()
+
+
+def split_parameter_groups(model: nn.Module, layer_types: tuple[type, ...]) -> list[list[nn.Parameter]]:
+    """The trainable weights and biases of ``model``'s ``layer_types`` modules as
+    [pretrained weights, pretrained biases, new-layer weights, new-layer biases];
+    the new layers are the modules named in ``model.new_layer_names``. One split for every network."""
+    groups: list[list[nn.Parameter]] = [[], [], [], []]
+    new_modules = {id(m) for name in model.new_layer_names for m in getattr(model, name).modules()}
+    for m in model.modules():
+        if not isinstance(m, layer_types):
+            continue
+        offset = 2 if id(m) in new_modules else 0
+        if m.weight is not None and m.weight.requires_grad:
+            groups[offset].append(m.weight)
+        if m.bias is not None and m.bias.requires_grad:
+            groups[offset + 1].append(m.bias)
+    return groups
 
 
 # --------------------------------------------------------------------------- weights
@@ -269,50 +288,74 @@ def convert_mxnet_to_torch(path: str | Path, check_md5: bool = True) -> dict[str
     return state_dict
 
 
+# ImageNet initialisation files: their classifier is not one of our heads.
+INIT_SUFFIXES = (".params", ".caffemodel")
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".params":
-        return convert_mxnet_to_torch(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".params":
+            return convert_mxnet_to_torch(path)
+        if path.suffix == ".caffemodel":
+            from network.vgg16d import convert_caffe_to_torch
+
+            return convert_caffe_to_torch(path)
+    except KeyError as e:  # a parameter name with no ResNet38 counterpart
+        raise InputError(f"--weights {e.args[0]}") from None
+    except ValueError as e:  # MXNetParamsError, CaffeModelError (truncated or foreign file): they name the file
+        raise InputError(f"--weights {e}") from None
+    obj = torchutils.load_torch_file(path, "--weights")
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]  # a resumable training checkpoint
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state dict (name -> tensor)")
+        raise InputError(f"--weights {path}: expected a state dict (name -> tensor)")
     # DataParallel / DDP checkpoints carry a "module." prefix.
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_weights(model: Net, path: str | Path, allow_missing_head: bool = True) -> None:
-    """Load ``--weights`` into ``model``: MXNet ``.params`` or a ``.pth``/``.pt`` state dict.
+def load_weights(model: nn.Module, path: str | Path, allow_missing_head: bool = True) -> None:
+    """Load ``--weights`` into ``model`` (any of our networks): MXNet ``.params``, Caffe
+    ``.caffemodel`` or a ``.pth``/``.pt`` state dict.
 
     Accepted: our checkpoints, released PyTorch 0.4 ones (no ``num_batches_tracked``),
     ``module.``-prefixed DataParallel ones, and backbone-only files (ImageNet init).
+    The ImageNet files (``.params``, ``.caffemodel``) never provide head weights:
+    layers of theirs named like one of the model's heads are reported and ignored.
     Every backbone weight must be present. Head weights may be missing only when
     ``allow_missing_head`` (training from ImageNet weights); weights of another
     head (e.g. ``fc8`` when loading into AffinityNet) are reported and ignored.
-    Raises ValueError on a shape mismatch or a missing weight.
+    Raises InputError (a ValueError) naming the file on a shape mismatch, a missing weight or an unreadable file.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--weights: file not found: {path}")
+        raise MissingFileError(f"--weights: file not found: {path}")
     state_dict = _read_state_dict(path)
     own = model.state_dict()
-    head_prefixes = tuple(f"{n}." for n in model.new_layer_names)
+    head_prefixes = tuple(f"{n}." for n in (*model.new_layer_names, *getattr(model, "head_layer_names", ())))
+    if path.suffix in INIT_SUFFIXES:
+        foreign_head = sorted(k for k in state_dict if k.startswith(head_prefixes))
+        if foreign_head:
+            logger.info("%s: ignored the ImageNet file's %s (our head starts from scratch)", path, foreign_head)
+            state_dict = {k: v for k, v in state_dict.items() if k not in foreign_head}
 
     unexpected = sorted(k for k in state_dict if k not in own)
     state_dict = {k: v for k, v in state_dict.items() if k in own}
     for k, v in state_dict.items():
         if v.shape != own[k].shape:
-            raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+            raise InputError(
+                f"--weights {path}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)} "
+                "(another --width_mult or --network?)"
+            )
     missing = sorted(k for k in own if k not in state_dict and not k.endswith("num_batches_tracked"))
     missing_backbone = [k for k in missing if not k.startswith(head_prefixes)]
     missing_head = [k for k in missing if k.startswith(head_prefixes)]
     if missing_backbone:
-        raise ValueError(
-            f"{path}: {len(missing_backbone)} backbone weights missing (e.g. {missing_backbone[:3]}); "
-            "is this a ResNet38 checkpoint of the same width?"
+        raise InputError(
+            f"--weights {path}: {len(missing_backbone)} backbone weights missing (e.g. {missing_backbone[:3]}); "
+            f"is this a checkpoint of {type(model).__module__} at the same width?"
         )
     if missing_head and not allow_missing_head:
-        raise ValueError(f"{path}: head weights missing: {missing_head}")
+        raise InputError(f"--weights {path}: head weights missing: {missing_head} (weights of another stage?)")
     model.load_state_dict(state_dict, strict=False)
     logger.info("loaded %s: %d tensors", path, len(state_dict))
     if missing_head:

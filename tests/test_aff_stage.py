@@ -74,8 +74,8 @@ def toy(tmp_path_factory) -> dict:
         keys = [0, *classes]
         onehot = np.stack([(gt == k).astype(np.float32) for k in keys])
         for alpha in ("4.0", "24.0"):
-            save_scores(base / f"crf_{alpha}" / f"{image_id}.npz", keys, 0.9 * onehot + 0.05)
-        save_scores(base / "cam" / f"{image_id}.npz", np.array(classes) - 1, onehot[1:])
+            save_scores(base / f"crf_{alpha}" / f"{image_id}.npz", keys, 0.9 * onehot + 0.05, kind="crf")
+        save_scores(base / "cam" / f"{image_id}.npz", np.array(classes) - 1, onehot[1:], kind="cam")
     torch.manual_seed(0)
     weights = base / "aff_random.pth"
     torch.save(Net(width_mult=WIDTH).state_dict(), weights)
@@ -157,7 +157,7 @@ def test_infer_aff_dense_mode_gives_the_same_labels(toy, tmp_path):
 def test_infer_aff_cam_size_mismatch_is_named(toy, tmp_path):
     cam_dir = tmp_path / "cam"
     for image_id in load_img_id_list(toy["train_list"]):
-        save_scores(cam_dir / f"{image_id}.npz", [0], np.zeros((1, 5, 5), np.float32))
+        save_scores(cam_dir / f"{image_id}.npz", [0], np.zeros((1, 5, 5), np.float32), kind="cam")
     with pytest.raises(ValueError, match=str(cam_dir)):
         infer_aff.main(infer_args(toy, tmp_path, "--cam_dir", str(cam_dir)))
 

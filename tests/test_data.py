@@ -109,14 +109,16 @@ def voc(tmp_path_factory):
         labels[image_id] = np.zeros(20, np.float32)
         labels[image_id][[3, 15][: i + 1]] = 1
         logits = rng.normal(size=(3, h, w)) * 3
-        save_scores(root / "la" / f"{image_id}.npz", CRF_KEYS, _softmax(logits))
-        save_scores(root / "ha" / f"{image_id}.npz", CRF_KEYS, _softmax(logits + rng.normal(size=(3, h, w))))
+        save_scores(root / "la" / f"{image_id}.npz", CRF_KEYS, _softmax(logits), kind="crf")
+        save_scores(
+            root / "ha" / f"{image_id}.npz", CRF_KEYS, _softmax(logits + rng.normal(size=(3, h, w))), kind="crf"
+        )
     # constant scores: every cell is class index 1 in both folders
     const = np.zeros((3, 120, 100), np.float32)
     const[1] = 0.9
     const[0] = 0.1
-    save_scores(root / "const_la" / "2007_000002.npz", CRF_KEYS, const)
-    save_scores(root / "const_ha" / "2007_000002.npz", CRF_KEYS, const)
+    save_scores(root / "const_la" / "2007_000002.npz", CRF_KEYS, const, kind="crf")
+    save_scores(root / "const_ha" / "2007_000002.npz", CRF_KEYS, const, kind="crf")
     # list lines in both accepted forms
     (root / "train.txt").write_text(
         "2007_000001\n/JPEGImages/2007_000002.jpg /SegmentationClassAug/2007_000002.png\n2007_000003\n"
@@ -240,8 +242,8 @@ def test_missing_files_are_named(voc, tmp_path):
 def test_aff_dataset_crf_mismatch(voc, tmp_path):
     root, _ = voc
     h, w = IMAGE_SIZES["2007_000002"]
-    save_scores(tmp_path / "ha" / "2007_000002.npz", [0, 4], np.full((2, h, w), 0.5, np.float32))
-    save_scores(tmp_path / "small" / "2007_000002.npz", CRF_KEYS, np.full((3, h - 1, w), 0.3, np.float32))
+    save_scores(tmp_path / "ha" / "2007_000002.npz", [0, 4], np.full((2, h, w), 0.5, np.float32), kind="crf")
+    save_scores(tmp_path / "small" / "2007_000002.npz", CRF_KEYS, np.full((3, h - 1, w), 0.3, np.float32), kind="crf")
     ds = VOC12AffDataset(root / "one.txt", root, root / "la", tmp_path / "ha", crop_size=96)
     with pytest.raises(ValueError, match=r"disagree on keys.*la/2007_000002.npz.*ha/2007_000002.npz"):
         ds[0]

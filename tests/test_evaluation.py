@@ -36,14 +36,17 @@ def naive_counts(pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def naive_scores(t, p, tp) -> dict:
+    """The reference's formulas; the diagnostics are means over the foreground classes with GT pixels."""
     iou = [tp[c] / (t[c] + p[c] - tp[c] + 1e-10) for c in range(N)]
+    fg = [c for c in range(1, N) if t[c] > 0]
     return {
         "IoU": iou,
         "mIoU": np.mean(np.array(iou)),
-        "T/TP": np.mean(np.array([t[c] / (tp[c] + 1e-10) for c in range(N)])[1:]),
-        "P/TP": np.mean(np.array([p[c] / (tp[c] + 1e-10) for c in range(N)])[1:]),
-        "FP/ALL": np.mean(np.array([(p[c] - tp[c]) / (t[c] + p[c] - tp[c] + 1e-10) for c in range(N)])[1:]),
-        "FN/ALL": np.mean(np.array([(t[c] - tp[c]) / (t[c] + p[c] - tp[c] + 1e-10) for c in range(N)])[1:]),
+        "mIoU_present": np.mean(np.array([iou[c] for c in range(N) if t[c] > 0])),
+        "T/TP": np.mean(np.array([t[c] / (tp[c] + 1e-10) for c in fg])),
+        "P/TP": np.mean(np.array([p[c] / (tp[c] + 1e-10) for c in fg])),
+        "FP/ALL": np.mean(np.array([(p[c] - tp[c]) / (t[c] + p[c] - tp[c] + 1e-10) for c in fg])),
+        "FN/ALL": np.mean(np.array([(t[c] - tp[c]) / (t[c] + p[c] - tp[c] + 1e-10) for c in fg])),
     }
 
 
@@ -96,6 +99,9 @@ def test_confusion_hand_computed_3x3():
     assert np.all(s["IoU"][3:] == 0)
     assert s["mIoU"] == pytest.approx((1 / 4 + 1 / 2 + 1 / 2) / 21, rel=1e-9)
     assert s["mIoU_foreground"] == pytest.approx((1 / 2 + 1 / 2) / 20, rel=1e-9)
+    # only classes 0, 1, 2 have ground-truth pixels
+    np.testing.assert_array_equal(np.flatnonzero(s["present"]), [0, 1, 2])
+    assert s["mIoU_present"] == pytest.approx((1 / 4 + 1 / 2 + 1 / 2) / 3, rel=1e-9)
     np.testing.assert_array_equal(s["T"][:3], [2, 3, 2])
     np.testing.assert_array_equal(s["P"][:3], [3, 3, 1])
     np.testing.assert_array_equal(s["TP"][:3], [1, 2, 1])
@@ -122,11 +128,27 @@ def test_confusion_hand_computed_4x4_void_prediction_and_absent_class():
     assert s["IoU"][0] == pytest.approx(3 / 5, rel=1e-9)
     assert s["IoU"][15] == pytest.approx(3 / 5, rel=1e-9)
     assert s["mIoU"] == pytest.approx(1.2 / 21, rel=1e-9)
-    # foreground means: only person has TP; absent classes give 0 / 1e-10 = 0
-    assert s["T/TP"] == pytest.approx(4 / 3 / 20, rel=1e-9)  # person T/TP 4/3
-    assert s["P/TP"] == pytest.approx(4 / 3 / 20, rel=1e-9)  # person P/TP 4/3
-    assert s["FP/ALL"] == pytest.approx(1 / 5 / 20, rel=1e-9)  # person (P - TP) / union = 1 / 5
-    assert s["FN/ALL"] == pytest.approx(1 / 5 / 20, rel=1e-9)  # person (T - TP) / union = 1 / 5
+    # The 21-class mean keeps the absent classes at IoU 0; the present-class mean is over bg and person.
+    assert s["mIoU_present"] == pytest.approx((3 / 5 + 3 / 5) / 2, rel=1e-9)
+    # Foreground diagnostics: person is the only foreground class in the ground truth. (Class 3, predicted
+    # only under void, and the 18 never-seen classes would add T/TP = 0 / 1e-10 terms to the reference's mean.)
+    assert s["T/TP"] == pytest.approx(4 / 3, rel=1e-9)  # person T/TP 4/3
+    assert s["P/TP"] == pytest.approx(4 / 3, rel=1e-9)  # person P/TP 4/3
+    assert s["FP/ALL"] == pytest.approx(1 / 5, rel=1e-9)  # person (P - TP) / union = 1 / 5
+    assert s["FN/ALL"] == pytest.approx(1 / 5, rel=1e-9)  # person (T - TP) / union = 1 / 5
+
+
+def test_diagnostics_skip_classes_absent_from_ground_truth():
+    """A class predicted but absent from the GT has T = TP = 0: the reference's P/TP would be P / 1e-10."""
+    gt = np.array([[0, 0, 1, 1], [0, 0, 1, 1]], np.uint8)
+    pred = np.array([[0, 2, 1, 1], [0, 2, 1, 0]], np.uint8)  # class 2 (absent) predicted twice
+    s = scores_from_confusion(confusion(gt, pred))
+    # class 1: T 4, P 3, TP 3 -> T/TP 4/3, P/TP 1, FP/ALL 0, FN/ALL 1/4 (union 4)
+    assert (s["T/TP"], s["P/TP"], s["FP/ALL"], s["FN/ALL"]) == pytest.approx((4 / 3, 1, 0, 1 / 4), rel=1e-9)
+    # IoU: bg T 4 P 3 TP 2 -> 2/5; class 1 -> 3/4; class 2 -> 0 (absent, predicted): present mean over bg, 1
+    assert s["mIoU_present"] == pytest.approx((2 / 5 + 3 / 4) / 2, rel=1e-9)
+    assert s["mIoU"] == pytest.approx((2 / 5 + 3 / 4) / 21, rel=1e-9)
+    assert scores_from_confusion(np.zeros((21, 22), np.int64))["mIoU_present"] is None
 
 
 @pytest.mark.parametrize("blocky", [True, False])
@@ -248,7 +270,7 @@ def dataset(tmp_path):
         scores = (rng.integers(0, 61, (keys.size, *shape)) / 100).astype(np.float32)
         save_png(tmp_path / "gt" / f"{image_id}.png", gt, palette)
         save_png(tmp_path / "pred" / f"{image_id}.png", pred, palette)
-        save_scores(tmp_path / "cam" / f"{image_id}.npz", keys, scores, dtype="float32")
+        save_scores(tmp_path / "cam" / f"{image_id}.npz", keys, scores, dtype="float32", kind="cam")
         gts[image_id], preds[image_id], cams[image_id] = gt, pred, (keys, scores)
     (tmp_path / "list.txt").write_text("".join(f"/JPEGImages/{i}.jpg\n" for i in IDS))
     return {"root": tmp_path, "gt": gts, "pred": preds, "cam": cams}
@@ -274,6 +296,8 @@ def test_main_png_json_and_log(dataset, capsys):
     assert [saved["IoU"][name] for name in CAT_NAMES_WITH_BG] == [100 * v for v in want["IoU"]]
     for key in ("T/TP", "P/TP", "FP/ALL", "FN/ALL"):
         assert saved[key] == want[key], key
+    assert saved["mIoU_present"] == pytest.approx(100 * want["mIoU_present"], rel=1e-12)
+    assert saved["present_classes"] == [name for name, n in zip(CAT_NAMES_WITH_BG, t, strict=True) if n > 0]
     assert saved["mIoU_foreground"] == pytest.approx(100 * np.mean(want["IoU"][1:]), rel=1e-12)
     assert saved["precision"]["background"] == pytest.approx(100 * tp[0] / p[0], rel=1e-9)
     assert saved["recall"]["background"] == pytest.approx(100 * tp[0] / t[0], rel=1e-9)
@@ -282,7 +306,10 @@ def test_main_png_json_and_log(dataset, capsys):
 
     out = capsys.readouterr().out
     assert f"{'background':>11s}:{100 * want['IoU'][0]:7.3f}%" in out
-    assert f"{'mIoU':>11s}:{100 * want['mIoU']:7.3f}%" in out
+    assert f"{'mIoU':>11s}:{100 * want['mIoU']:7.3f}%  (all 21 classes" in out
+    n_present = int(np.sum(t > 0))
+    assert f"{'present':>11s}:{100 * want['mIoU_present']:7.3f}%  ({n_present} classes with GT pixels)" in out
+    assert f"(means over the {n_present - 1} foreground classes with GT pixels)" in out
 
     run_main(dataset, "--comment", "second\nrun")
     lines = (root / "logs" / "log.txt").read_text().splitlines()
@@ -370,7 +397,7 @@ def test_bad_inputs_name_the_file(dataset):
 
     save_png(root / "gt" / f"{bad}.png", dataset["gt"][bad], palette)
     keys, scores = dataset["cam"][bad]
-    save_scores(root / "cam" / f"{bad}.npz", keys, scores[:, :-1])
+    save_scores(root / "cam" / f"{bad}.npz", keys, scores[:, :-1], kind="cam")
     with pytest.raises(evaluation.EvaluationError, match=rf"cam/{bad}\.npz .*differ in size"):
         run_main(dataset, "--type", "npy", "--curve")
     (root / "cam" / f"{bad}.npz").unlink()
@@ -384,7 +411,6 @@ def test_bad_inputs_name_the_file(dataset):
         (["--type", "npy"], "needs a background threshold"),
         (["--t", "0.2"], "only apply to --type npy"),
         (["--type", "npy", "--t", "0.2", "--curve"], "not both"),
-        (["--type", "npy", "--t", "-0.1"], ">= 0"),
         (["--list", "/nonexistent/list.txt"], "--list: image list not found"),
     ],
 )

@@ -14,11 +14,13 @@ from voc12.voc import load_img_id_list
 
 TINY = [
     "--preset", "demo", "--ablation", "--toy_num_train", "8", "--toy_num_val", "2", "--toy_size", "72",
-    "--figure_images", "2",
+    "--pretrain_num_images", "8", "--figure_images", "2",
+    "--pretrain_args", "--max_epoches 1 --batch_size 4 --crop_size 64 --resize_long 64 80 --val_crop_size 72 "
+                       "--num_workers 0",
     "--train_cls_args", "--max_epoches 1 --batch_size 4 --crop_size 64 --resize_long 64 80 --val_crop_size 72 "
-                        "--num_workers 0 --bn_calib_batches 1",
+                        "--num_workers 0",
     "--infer_cls_args", "--num_workers 0 --crf_workers 0 --scales 1.0 0.5",
-    "--train_aff_args", "--max_epoches 1 --batch_size 4 --crop_size 72 --num_workers 0 --bn_calib_batches 1",
+    "--train_aff_args", "--max_epoches 1 --batch_size 4 --crop_size 72 --num_workers 0",
     "--infer_aff_args", "--num_workers 0 --logt 4",
 ]  # fmt: skip
 
@@ -36,8 +38,9 @@ def test_every_stage_wrote_its_outputs(demo):
     lists = root / "ImageSets" / "Segmentation"
     ids = load_img_id_list(lists / "trainval.txt")
     assert len(ids) == 10
-    out = work / "ssenet"
+    out = work / "ssenet" / "seed1"
     assert (out / "resnet38_cls_ser.pth").exists() and (out / "resnet38_aff.pth").exists()
+    assert (work / "pretrain" / "resnet38_pretrain.pth").exists()
     for image_id in ids:
         gt = load_label_png(root / "SegmentationClass" / f"{image_id}.png")
         classes = sorted(int(c) for c in np.unique(gt) if c not in (0, 255))
@@ -57,39 +60,79 @@ def test_summary_is_consistent(demo):
     work, _, summary = demo
     on_disk = json.loads((work / "summary.json").read_text())
     assert on_disk["cam_miou"] == summary["cam_miou"]
-    for key in ("cam_miou", "rw_miou", "background_only_miou"):
+    for key in ("cam_miou", "rw_miou", "cam_miou_present", "rw_miou_present", "background_only_miou"):
         assert 0 <= on_disk[key] <= 100
-    cam_eval = json.loads((work / "ssenet" / "eval_cam.json").read_text())
-    rw_eval = json.loads((work / "ssenet" / "eval_rw.json").read_text())
+    out = work / "ssenet" / "seed1"
+    cam_eval = json.loads((out / "eval_cam.json").read_text())
+    rw_eval = json.loads((out / "eval_rw.json").read_text())
     assert on_disk["cam_miou"] == pytest.approx(cam_eval["mIoU"])
     assert on_disk["rw_miou"] == pytest.approx(rw_eval["mIoU"])
+    assert on_disk["cam_miou_present"] == pytest.approx(cam_eval["mIoU_present"])
+    assert on_disk["rw_miou_present"] == pytest.approx(rw_eval["mIoU_present"])
+    # per-class IoU of both, over the classes present in the ground truth
+    assert list(on_disk["cam_iou"]) == cam_eval["present_classes"] == list(on_disk["rw_iou"])
+    assert on_disk["rw_iou"] == {c: rw_eval["IoU"][c] for c in rw_eval["present_classes"]}
+    # the 21-class mean counts absent classes as 0: k present classes cap it at k/21 of the present-class mean
+    k = len(cam_eval["present_classes"])
+    assert on_disk["cam_miou"] == pytest.approx(on_disk["cam_miou_present"] * k / 21)
     per_variant = ("train_cls", "infer_cls", "eval_cam", "train_aff", "infer_aff", "eval_rw")
-    stages = {"data"} | {f"{v}/{s}" for v in ("ssenet", "baseline") for s in per_variant}
+    stages = {"data", "pretrain"} | {f"{v}/seed1/{s}" for v in ("ssenet", "baseline") for s in per_variant}
     assert set(on_disk["stage_seconds"]) == stages
     # --ablation: the baseline is trained with --ser_weight 0 and scored beside SSENet.
     assert set(on_disk["variants"]) == {"ssenet", "baseline"}
-    log = (work / "baseline" / "resnet38_cls_ser.log").read_text()
+    assert set(on_disk["variants"]["baseline"]["seeds"]) == {"1"}
+    log = (work / "baseline" / "seed1" / "resnet38_cls_ser.log").read_text()
     assert '"ser_weight": 0.0' in log and "loss_ser" not in log.split("epoch 0 done")[-1]
     assert on_disk["settings"]["preset_flags"]["common"] == ["--width_mult", "0.125", "--device", "cpu"]
+    # both training stages start from the pretraining stage's weights, with the reference's optimiser
+    weights = str(work / "pretrain" / "resnet38_pretrain.pth")
+    for stage in ("resnet38_cls_ser", "resnet38_aff"):
+        args = json.loads((out / f"{stage}.log").read_text().split("args: ", 1)[1].splitlines()[0])
+        assert args["weights"] == weights and args["momentum"] is None and args["optimizer"] == "sgd"
+        assert not args["from_scratch"] and args["dropout_scale"] == 1.0
+
+
+def test_mean_and_std_over_seeds_and_table():
+    runs = [
+        {"cam_miou": 10.0, "rw_miou": 12.0, "cam_miou_present": 40.0, "rw_miou_present": 44.0},
+        {"cam_miou": 14.0, "rw_miou": 16.0, "cam_miou_present": 44.0, "rw_miou_present": 50.0},
+    ]
+    mean, std = run_pipeline.mean_and_std(runs)
+    assert mean == {"cam_miou": 12.0, "rw_miou": 14.0, "cam_miou_present": 42.0, "rw_miou_present": 47.0}
+    # sample standard deviation: |a - b| / sqrt(2)
+    assert std["cam_miou"] == pytest.approx(4 / np.sqrt(2)) and std["rw_miou_present"] == pytest.approx(6 / np.sqrt(2))
+    summary = {
+        "variants": {"ssenet": {"mean": mean, "std": std}},
+        "settings": {"seeds": [1, 2], "eval_list": "train.txt"},
+        "background_only_miou": 4.0,
+        "background_only_miou_present": 28.0,
+        "cam_iou": {"background": 70.0},
+        "rw_iou": {"background": 75.0},
+        "stage_seconds": {"data": 1.0},
+        "total_seconds": 2.0,
+    }
+    table = run_pipeline.format_table(summary)
+    assert "mean +- std over 2 seeds" in table
+    assert " 12.0+-2.8 / 42.0+-2.8" in table and " 14.0+-2.8 / 47.0+-4.2" in table
 
 
 def test_rerun_skips_finished_stages(demo):
     work, args, summary = demo
-    mtime = (work / "ssenet" / "resnet38_aff.pth").stat().st_mtime_ns
+    mtime = (work / "ssenet" / "seed1" / "resnet38_aff.pth").stat().st_mtime_ns
     again = run_pipeline.main(args)
     assert again["stage_seconds"] == {}  # nothing ran
     assert again["cam_miou"] == summary["cam_miou"] and again["rw_miou"] == summary["rw_miou"]
-    assert (work / "ssenet" / "resnet38_aff.pth").stat().st_mtime_ns == mtime
+    assert (work / "ssenet" / "seed1" / "resnet38_aff.pth").stat().st_mtime_ns == mtime
 
 
 def test_killed_stage_resumes_only_what_is_missing(demo):
     work, args, summary = demo
     # Lose one random-walk label and the evaluation that used it: only those two stages run again.
-    victim = sorted((work / "ssenet" / "rw").iterdir())[0]
+    victim = sorted((work / "ssenet" / "seed1" / "rw").iterdir())[0]
     victim.unlink()
-    (work / "ssenet" / "eval_rw.json").unlink()
+    (work / "ssenet" / "seed1" / "eval_rw.json").unlink()
     again = run_pipeline.main(args)
-    assert set(again["stage_seconds"]) == {"ssenet/infer_aff", "ssenet/eval_rw"}
+    assert set(again["stage_seconds"]) == {"ssenet/seed1/infer_aff", "ssenet/seed1/eval_rw"}
     assert victim.exists()
     assert again["rw_miou"] == pytest.approx(summary["rw_miou"])
 

@@ -200,7 +200,7 @@ def test_train_seg_one_step_lowers_the_loss_on_its_batch(toy):
     model.init_backbone_from_scratch()
     model.calibrate_batchnorm([lambda: model(batch[0])])
     model.eval()  # dropout off: the two losses see the same network function; gradients still flow
-    optimizer = make_optimizer(model, 0.05, 5e-4, max_step=10, momentum=0.9)
+    optimizer = make_optimizer(model, 0.05, 5e-4, max_step=10, sgd_momentum=0.9)
     before, scalars, _ = train_seg.loss_fn(model, batch, torch.device("cpu"))
     assert scalars["loss"] == pytest.approx(before.item()) and before.item() > 0
     before.backward()

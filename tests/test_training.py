@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader
 
 import train_cls_ser
 from network import resnet38_cls_ser
-from network.resnet38_cls_ser import SCALE_ALIGN_CORNERS, classification_loss, ser_loss, ssenet_loss
+from network.resnet38_cls_ser import classification_loss, downscale, ser_loss, ssenet_loss
+from tests.helpers import fill_reference_weights
 from tool import torchutils, training
 from tool.camutils import max_norm
 from voc12.data import ValClsTransform, VOC12ClsDataset
@@ -113,6 +114,18 @@ class RampModel(nn.Module):
         return self.conv(x) + rows
 
 
+def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of a 1-d bilinear resize with align_corners=False, written out by hand."""
+    m = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        src = max((i + 0.5) * n_in / n_out - 0.5, 0.0)  # PyTorch clamps negative positions to 0
+        lo = min(int(np.floor(src)), n_in - 1)
+        hi = min(lo + 1, n_in - 1)
+        m[i, lo] += 1 - (src - lo)
+        m[i, hi] += src - lo
+    return m
+
+
 def _numpy_ssenet_parts(x: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> dict[str, float]:
     """SPEC section 3 written out in float64 NumPy for RampModel on a 7x7 input with branch rate 0.5."""
 
@@ -129,11 +142,12 @@ def _numpy_ssenet_parts(x: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: 
         r = np.maximum(cam, 0)
         return np.maximum(r - EPS, 0) / (r.max(axis=(2, 3), keepdims=True) + EPS) * y[:, :, None, None]
 
-    # Bilinear resize 7 -> 3 with align_corners=True puts the output samples exactly on input
-    # rows/columns 0, 3, 6 (step (7 - 1) / (3 - 1) = 3): a plain subsampling, for the image and the CAM.
+    # PyTorch 0.4.1's resize by 0.5 of a 7x7 map: size floor(3.5) = 3, sampled as if size 3 had been asked
+    # for with align_corners=False: output pixel i reads input position (i + 0.5) * 7 / 3 - 0.5.
+    resize = _bilinear_matrix(7, 3)  # (3, 7)
     cam = cam_of(x)
-    cam_small = cam_of(x[:, :, ::3, ::3])
-    cam_rescaled = cam[:, :, ::3, ::3]
+    cam_small = cam_of(np.einsum("ih,nchw,jw->ncij", resize, x, resize))
+    cam_rescaled = np.einsum("ih,nchw,jw->ncij", resize, cam, resize)
     return {
         "loss_cls": cls_loss(cam),
         "loss_cls_s": cls_loss(cam_small),
@@ -156,7 +170,6 @@ def ramp_case():
 @pytest.mark.parametrize("ser_weight", [1.0, 2.5])
 def test_ssenet_loss_matches_manual_computation(ramp_case, ser_weight):
     weight, bias, x, y = ramp_case
-    assert SCALE_ALIGN_CORNERS  # the subsampling shortcut in _numpy_ssenet_parts relies on it
     model = RampModel(weight, bias)
     loss, parts = ssenet_loss(model, torch.from_numpy(x), torch.from_numpy(y), branch_rate=0.5, ser_weight=ser_weight)
     want = _numpy_ssenet_parts(x.astype(np.float64), y.astype(np.float64), weight, bias)
@@ -167,6 +180,37 @@ def test_ssenet_loss_matches_manual_computation(ramp_case, ser_weight):
     total = (want["loss_cls"] + want["loss_cls_s"]) / 2 + ser_weight * want["loss_ser"]
     assert loss.item() == pytest.approx(total, rel=1e-5)
     assert parts["cam"].shape == (2, 20, 7, 7) and parts["cam_small"].shape == (2, 20, 3, 3)
+
+
+def test_ssenet_training_step_matches_published_code():
+    """Loss parts and gradients of one SSENet step equal tests/data/ssenet_train_step.npz.
+
+    The vector was computed by the published training loop under PyTorch 0.4.1 (full-width network, weights
+    filled with seed 40, train mode, every Dropout2d at p = 0). With SEAM's align_corners=True resizes instead,
+    loss_ser differs by 5.7% and the gradients by 3-33%.
+    """
+    ref = np.load(DATA / "ssenet_train_step.npz", allow_pickle=False)
+    model = fill_reference_weights(resnet38_cls_ser.Net(), seed=40)
+    for m in model.modules():
+        if isinstance(m, nn.Dropout2d):
+            m.p = 0.0
+    model.train()
+    images, labels = torch.from_numpy(ref["input"]), torch.from_numpy(ref["label"])
+    np.testing.assert_allclose(downscale(images, 0.3).numpy(), ref["input_small"], rtol=0, atol=1e-6)
+    loss, parts = ssenet_loss(model, images, labels, branch_rate=0.3)
+    assert parts["cam_small"].shape[2:] == (19, 24)  # floor(64 * 0.3), floor(80 * 0.3)
+    for key in ("loss_cls", "loss_cls_s", "loss_ser"):
+        assert parts[key].item() == pytest.approx(float(ref[key]), rel=1e-6), key
+    assert loss.item() == pytest.approx(float(ref["loss"]), rel=1e-6)
+    loss.backward()
+    grads = {
+        "grad_fc8": model.fc8.weight.grad,
+        "grad_b7_conv_branch2b2": model.b7.conv_branch2b2.weight.grad[:64],
+        "grad_b4_3_conv_branch2b1": model.b4_3.conv_branch2b1.weight.grad[:64],
+    }
+    for key, grad in grads.items():
+        want = ref[key]
+        np.testing.assert_allclose(grad.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max(), err_msg=key)
 
 
 def test_ser_weight_zero_is_the_baseline(ramp_case):
@@ -228,7 +272,7 @@ def _poly_setup(momentum=None):
     p1 = nn.Parameter(torch.from_numpy(ref["init"][:4].copy()))
     p2 = nn.Parameter(torch.from_numpy(ref["init"][4:].copy()))
     groups = [{"params": [p1], "lr": 0.01, "weight_decay": 5e-4}, {"params": [p2], "lr": 0.1, "weight_decay": 0.0}]
-    opt = torchutils.PolyOptimizer(groups, lr=0.01, weight_decay=5e-4, max_step=6, momentum=momentum)
+    opt = torchutils.PolyOptimizer(groups, lr=0.01, weight_decay=5e-4, max_step=6, sgd_momentum=momentum)
     return ref, p1, p2, opt
 
 

@@ -7,12 +7,12 @@ a Gaussian smoothness kernel (sxy 3, compat 3), a bilateral appearance kernel
 
 :func:`crf_scores_with_alpha` builds the low/high-alpha CRF scores that
 ``infer_cls_ser.py`` stores and AffinityNet learns from (SPEC 4, 5).
+pydensecrf is imported on first use only.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pydensecrf.densecrf as dcrf
 
 UNARY_CLIP = 1e-5
 GAUSSIAN_SXY, GAUSSIAN_COMPAT = 3.0, 3
@@ -37,13 +37,19 @@ def crf_inference(
     if labels is not None and labels != n_labels:
         raise ValueError(f"labels={labels} but probs has {n_labels} channels")
 
+    # Imported here: CRF-free runs (infer_cls_ser.py without --out_crf) work where pydensecrf is not installed.
+    import pydensecrf.densecrf as dcrf
+
     # pydensecrf reads raw buffers: it needs C-contiguous float32 unaries and uint8 pixels.
     unary = -np.log(np.clip(probs.reshape(n_labels, -1), UNARY_CLIP, 1.0))
     crf = dcrf.DenseCRF2D(w, h, n_labels)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=GAUSSIAN_SXY / scale_factor, compat=GAUSSIAN_COMPAT)
     crf.addPairwiseBilateral(
-        sxy=BILATERAL_SXY / scale_factor, srgb=BILATERAL_SRGB, rgbim=np.require(img, np.uint8, ["C", "W"]), compat=BILATERAL_COMPAT
+        sxy=BILATERAL_SXY / scale_factor,
+        srgb=BILATERAL_SRGB,
+        rgbim=np.require(img, np.uint8, ["C", "W"]),
+        compat=BILATERAL_COMPAT,
     )
     q = crf.inference(t)
     return np.asarray(q, dtype=np.float32).reshape(n_labels, h, w)

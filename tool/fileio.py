@@ -8,7 +8,11 @@ Score files replace the reference's pickled ``dict`` ``.npy`` files: one
 ``<image id>.npz`` per image holding ``keys`` (int64, (K,)) and ``scores``
 ((K, H, W), float16 by default). For CAM files the keys are 0-based class
 indices (0..19) of the present classes; for CRF files they are mask labels
-(0 = background, k + 1 = class k). This module is torch-free on purpose:
+(0 = background, k + 1 = class k), and so for random-walk scores. Each file
+also holds ``kind`` (``cam``, ``crf`` or ``rw``): a CRF folder given where CAMs
+are expected would otherwise be scored with every class shifted by one.
+:func:`load_scores` is the one reader, and it validates every file it reads
+(docs/formats.md#score-files). This module is torch-free on purpose:
 ``evaluation.py`` uses it without importing torch.
 """
 
@@ -22,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from tool.cli import InputError, MissingFileError
 
 SCORE_DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -95,14 +101,26 @@ def load_label_png(path: str | os.PathLike) -> np.ndarray:
         return np.asarray(img)
 
 
-def save_scores(path: str | os.PathLike, keys, scores: np.ndarray, dtype: str = "float16") -> None:
-    """Write one image's score maps: ``keys`` (K,) ints and ``scores`` (K, H, W)."""
+SCORE_KINDS = {
+    # kind: (smallest key, largest key, what the keys are, the writer)
+    "cam": (0, 19, "0-based class indices", "infer_cls_ser.py --out_cam"),
+    "crf": (0, 20, "0 = background, k + 1 = class k", "infer_cls_ser.py --out_crf"),
+    "rw": (0, 20, "0 = background, k + 1 = class k", "infer_aff.py --out_rw_scores"),
+}
+PICKLE_RISK = "unpickling can run arbitrary code stored in the file: use it only on files you trust"
+
+
+def save_scores(path: str | os.PathLike, keys, scores: np.ndarray, dtype: str = "float16", *, kind: str) -> None:
+    """Write one image's score maps: ``keys`` (K,) ints, ``scores`` (K, H, W) and ``kind``
+    (``cam``, ``crf`` or ``rw``, see :data:`SCORE_KINDS`), so that readers can refuse the wrong folder."""
+    if kind not in SCORE_KINDS:
+        raise ValueError(f"{path}: unknown score kind {kind!r}, expected one of {sorted(SCORE_KINDS)}")
     keys = np.asarray(keys, dtype=np.int64).reshape(-1)
     scores = np.asarray(scores)
     if scores.ndim != 3 or scores.shape[0] != keys.size:
         raise ValueError(f"{path}: scores must be (K, H, W) with K = len(keys) = {keys.size}, got {scores.shape}")
     with atomic_path(path) as tmp:
-        np.savez(tmp, keys=keys, scores=scores.astype(SCORE_DTYPES[dtype]))
+        np.savez(tmp, keys=keys, scores=scores.astype(SCORE_DTYPES[dtype]), kind=np.array(kind))
 
 
 def score_file(directory: str | os.PathLike, image_id: str, allow_pickle: bool = False) -> Path:
@@ -115,29 +133,106 @@ def score_file(directory: str | os.PathLike, image_id: str, allow_pickle: bool =
     return directory / f"{image_id}.npy"
 
 
-def load_scores(path: str | os.PathLike, allow_pickle: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Read a score file; returns ``(keys (K,) int64, scores (K, H, W) float32)``.
+def missing_score_file_message(path: str | os.PathLike) -> str:
+    """Why ``path`` cannot be read because it is absent, with a hint when a legacy ``.npy`` sits beside it."""
+    path = Path(path)
+    legacy = path.with_suffix(".npy")
+    if path.suffix == ".npz" and legacy.is_file():
+        return (
+            f"score file not found: {path}; a reference-style pickled {legacy.name} is there: --allow_pickle "
+            f"reads it, but {PICKLE_RISK}"
+        )
+    return f"score file not found: {path}"
+
+
+def _looks_like(keys: np.ndarray, scores: np.ndarray) -> str | None:
+    """The kind an old file without a ``kind`` entry looks like: ``crf`` when it has a background key and
+    its scores sum to 1 at every pixel (CRF marginals, random-walk scores), ``cam`` when it has no key 0."""
+    if 0 not in keys:
+        return "cam"
+    if keys.size >= 2 and scores.size and np.abs(scores.sum(axis=0) - 1).max() < 0.02:
+        return "crf"
+    return None
+
+
+def check_scores(path: Path, keys: np.ndarray, scores: np.ndarray, kind: str | None, stored_kind: str | None) -> None:
+    """Raise :class:`InputError` naming ``path`` unless the file is a valid score file of ``kind``:
+    integer keys, unique and in the kind's range, (K, H, W) scores and finite values."""
+    if stored_kind is not None and stored_kind not in SCORE_KINDS:
+        raise InputError(f"{path}: unknown score kind {stored_kind!r}, expected one of {sorted(SCORE_KINDS)}")
+    if kind is not None and stored_kind is None:
+        guess = _looks_like(keys, scores)
+        if guess is not None and (guess == "cam") != (kind == "cam"):
+            stored_kind = guess
+    if kind is not None and stored_kind is not None and (stored_kind == "cam") != (kind == "cam"):
+        found = SCORE_KINDS[stored_kind]
+        wanted = SCORE_KINDS[kind]
+        raise InputError(
+            f"{path}: this looks like a folder of {stored_kind.upper()} files (keys {found[2]}, written by "
+            f"{found[3]}), but {kind.upper()} files (keys {wanted[2]}, from {wanted[3]}) are expected here"
+        )
+    lo, hi = (0, 20) if kind is None else SCORE_KINDS[kind][:2]
+    if keys.ndim != 1:
+        raise InputError(f"{path}: 'keys' must be one-dimensional, got shape {keys.shape}")
+    if keys.size and keys.dtype.kind not in "iu":
+        raise InputError(f"{path}: 'keys' must be integers, got {keys.dtype} values {keys.tolist()}")
+    if np.unique(keys).size != keys.size:
+        raise InputError(f"{path}: duplicate keys {keys.tolist()}")
+    if keys.size and (keys.min() < lo or keys.max() > hi):
+        raise InputError(f"{path}: keys {keys.tolist()} out of range, expected {lo}..{hi}")
+    if kind in ("crf", "rw") and 0 not in keys:
+        raise InputError(f"{path}: keys {keys.tolist()} have no 0 (background)")
+    if scores.ndim != 3 or scores.shape[0] != keys.size:
+        raise InputError(f"{path}: 'scores' has shape {scores.shape}, expected ({keys.size}, H, W)")
+    if not np.isfinite(scores).all():
+        raise InputError(f"{path}: scores contain NaN or infinite values")
+
+
+def load_scores(
+    path: str | os.PathLike, allow_pickle: bool = False, kind: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read and validate a score file; returns ``(keys (K,) int64, scores (K, H, W) float32)``.
 
     ``.npz`` files are ours. A ``.npy`` file is the reference's pickled dict
     ``{key: (H, W) array}`` and is only opened when ``allow_pickle`` is True.
+    ``kind`` (``cam``, ``crf``, ``rw``) is what the caller expects: a file of the
+    other family (CAM vs. background-keyed) is refused, by its ``kind`` entry or,
+    for files written before it existed, by its keys and scores. Every problem
+    raises :class:`InputError` (or FileNotFoundError) naming the file.
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"score file not found: {path}")
+        raise MissingFileError(missing_score_file_message(path))
+    stored_kind = None
     if path.suffix == ".npy":
         if not allow_pickle:
-            raise ValueError(f"{path}: reference-style pickled .npy score file; pass --allow_pickle to read it")
-        obj = np.load(path, allow_pickle=True).item()  # legacy format, explicitly allowed by the caller
-        keys = np.array(sorted(obj), dtype=np.int64)
-        if keys.size == 0:
-            return keys, np.zeros((0, 0, 0), np.float32)
-        return keys, np.stack([np.asarray(obj[k], dtype=np.float32) for k in keys])
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            keys = np.asarray(data["keys"], dtype=np.int64)
-            scores = np.asarray(data["scores"], dtype=np.float32)
-    except (KeyError, ValueError, OSError) as e:
-        raise ValueError(f"{path}: not a valid score file (expected .npz with 'keys' and 'scores'): {e}") from e
-    if scores.ndim != 3 or scores.shape[0] != keys.size:
-        raise ValueError(f"{path}: 'scores' has shape {scores.shape}, expected ({keys.size}, H, W)")
-    return keys, scores
+            raise InputError(
+                f"{path}: reference-style pickled .npy score file; --allow_pickle reads it, but {PICKLE_RISK}"
+            )
+        try:
+            obj = np.load(path, allow_pickle=True).item()  # legacy format, explicitly allowed by the caller
+            raw_keys = list(obj)
+            if any(not isinstance(k, (int, np.integer)) for k in raw_keys):
+                raise InputError(f"{path}: 'keys' must be integers, got {raw_keys}")
+            keys = np.array(raw_keys, dtype=np.int64)
+            order = np.argsort(keys, kind="stable")
+            keys = keys[order]
+            arrays = [np.asarray(obj[raw_keys[i]], dtype=np.float32) for i in order]
+            scores = np.stack(arrays) if arrays else np.zeros((0, 0, 0), np.float32)
+        except InputError:
+            raise
+        except Exception as e:  # a truncated or foreign pickle fails in many ways
+            raise InputError(f"{path}: not a readable reference .npy score dict ({type(e).__name__}: {e})") from None
+    else:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                keys = np.asarray(data["keys"])
+                scores = np.asarray(data["scores"], dtype=np.float32)
+                stored_kind = str(data["kind"]) if "kind" in data.files else None
+        except Exception as e:  # BadZipFile, zlib.error, EOFError, KeyError, ValueError, OSError
+            raise InputError(
+                f"{path}: not a readable score file (truncated, or not an .npz with 'keys' and 'scores'): "
+                f"{type(e).__name__}: {e}"
+            ) from None
+    check_scores(path, keys, scores, kind, stored_kind)
+    return keys.astype(np.int64), scores

@@ -11,7 +11,7 @@ Conventions: images are (H, W, 3) RGB, ``uint8`` before :func:`normalize` and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -23,11 +23,17 @@ _MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)
 _STD = np.asarray(IMAGENET_STD, dtype=np.float32)
 
 
+#: (H, W, 3) RGB uint8 -> (H, W, 3) float32 network input: a network's ``Net.normalize``.
+Normalizer = Callable[[np.ndarray], np.ndarray]
+
+
 def normalize(img: np.ndarray) -> np.ndarray:
     """(H, W, 3) RGB uint8 -> float32 ``(x / 255 - mean) / std`` with the ImageNet statistics.
 
-    This is the one input normalisation of the project (SPEC 1): every dataset
-    and script goes through it.
+    The input normalisation of ResNet38 (docs/method.md#resnet38) and the
+    default of every dataset and script; each network carries its own as
+    ``Net.normalize`` (VGG16's is ``network.vgg16d.normalize``), and the
+    scripts pass that one on.
     """
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"normalize expects an (H, W, 3) RGB image, got shape {img.shape}")
@@ -175,7 +181,7 @@ def random_hflip(*arrays: np.ndarray, rng: np.random.Generator, p: float = 0.5) 
     return arrays
 
 
-def msf_inputs(img: Image.Image, scales: Sequence[float]) -> list[np.ndarray]:
+def msf_inputs(img: Image.Image, scales: Sequence[float], normalize: Normalizer = normalize) -> list[np.ndarray]:
     """Multi-scale, flipped network inputs for CAM inference (SPEC 4).
 
     For each scale s: PIL bicubic resize to ``(round(W * s), round(H * s))``
@@ -209,3 +215,13 @@ def pool_scores(scores: np.ndarray, block: int = 8) -> np.ndarray:
     padded = np.zeros((gh * block, gw * block, c), dtype=np.float32)
     padded[:h, :w] = scores
     return padded.reshape(gh, block, gw, block, c).mean(axis=(1, 3), dtype=np.float32)
+
+
+def __getattr__(name: str):
+    # ``from tool.imutils import crf_inference`` is where the published code kept the dense CRF; its home is
+    # tool.crf. Imported on first use so that importing the image ops does not load pydensecrf.
+    if name == "crf_inference":
+        from tool.crf import crf_inference
+
+        return crf_inference
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -141,10 +141,14 @@ def scores_from_confusion(conf: np.ndarray) -> dict:
     ``conf`` is (n, n) or (n, n + 1) as returned by :func:`confusion` (rows:
     ground truth; the optional last column: predicted void). Returns fractions
     (not percent): ``IoU``, ``precision``, ``recall`` as (n,) float64 arrays,
-    ``mIoU`` (mean over all n classes), ``mIoU_foreground`` (classes 1..n-1),
-    and the reference's diagnostics averaged over the foreground classes:
+    ``mIoU`` (mean over all n classes, the VOC formula), ``mIoU_foreground`` (classes 1..n-1),
+    ``present`` (n,) bool: classes with ground-truth pixels, ``mIoU_present`` (mean over those; None
+    when there are none), and the reference's diagnostics averaged over the foreground classes:
     ``T/TP``, ``P/TP``, ``FP/ALL`` = (P - TP) / union, ``FN/ALL`` = (T - TP) / union.
     ``T``, ``P``, ``TP`` are the (n,) int64 counts.
+
+    The diagnostics leave out classes without ground-truth pixels: for those the reference divides by
+    ~1e-10 and prints numbers like 6.8e13. With every class present (VOC) they are the reference's.
     """
     conf = np.asarray(conf, dtype=np.int64)
     n = conf.shape[0]
@@ -155,14 +159,23 @@ def scores_from_confusion(conf: np.ndarray) -> dict:
     true_pos = np.diagonal(conf[:, :n]).copy()  # TP
     union = gt_count + pred_count - true_pos + EPS
     iou = true_pos / union
+    present = gt_count > 0
+    fg = present.copy()
+    fg[0] = False  # the diagnostics are foreground means
+
+    def fg_mean(values: np.ndarray) -> float | None:
+        return float(np.mean(values[fg])) if fg.any() else None
+
     return {
         "IoU": iou,
         "mIoU": float(np.mean(iou)),
         "mIoU_foreground": float(np.mean(iou[1:])),
-        "T/TP": float(np.mean((gt_count / (true_pos + EPS))[1:])),
-        "P/TP": float(np.mean((pred_count / (true_pos + EPS))[1:])),
-        "FP/ALL": float(np.mean(((pred_count - true_pos) / union)[1:])),
-        "FN/ALL": float(np.mean(((gt_count - true_pos) / union)[1:])),
+        "present": present,
+        "mIoU_present": float(np.mean(iou[present])) if present.any() else None,
+        "T/TP": fg_mean(gt_count / (true_pos + EPS)),
+        "P/TP": fg_mean(pred_count / (true_pos + EPS)),
+        "FP/ALL": fg_mean((pred_count - true_pos) / union),
+        "FN/ALL": fg_mean((gt_count - true_pos) / union),
         "precision": true_pos / (pred_count + EPS),
         "recall": true_pos / (gt_count + EPS),
         "T": gt_count,

@@ -31,6 +31,8 @@ import struct
 
 import numpy as np
 
+from tool.cli import InputError
+
 __all__ = ["MXNetParamsError", "load"]
 
 logger = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ _NUM_AUX = {_DENSE: 0, _ROW_SPARSE: 1, _CSR: 2}
 _MAX_NDIM = 32
 
 
-class MXNetParamsError(ValueError):
+class MXNetParamsError(InputError):
     """A file that is not a readable MXNet NDArray list (truncated, foreign or corrupt).
 
     ``path`` and ``offset`` (the byte offset where reading went wrong) are attributes too.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import subprocess
 import sys
@@ -63,3 +64,21 @@ class SmoothedValue:
 def format_seconds(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+_TRUE_WORDS = {"true", "yes", "on", "1"}
+_FALSE_WORDS = {"false", "no", "off", "0"}
+
+
+def bool_flag(text: str) -> bool:
+    """argparse ``type`` for a boolean written as a word: true/false, yes/no, on/off, 1/0 (any case).
+
+    The published scripts used ``type=bool``, which reads every non-empty word (even ``False``) as True;
+    with ``nargs="?", const=True`` the bare flag keeps working too.
+    """
+    word = text.strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false, yes/no, on/off, 1/0), got {text!r}")

@@ -4,8 +4,12 @@ of the reference (SPEC section 3), checkpoints, DataParallel / DDP.
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 import random
+import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from tool.cli import InputError, MissingFileError
 from tool.fileio import atomic_path
 
 # --------------------------------------------------------------------------- device
@@ -91,19 +96,14 @@ def set_rng_state(state: dict) -> None:
 # --------------------------------------------------------------------------- optimiser
 
 
-class PolyOptimizer(torch.optim.SGD):
-    """SGD with the poly schedule ``lr = lr0 * (1 - step / max_step) ** poly_power``, set before each step.
+DEFAULT_POLY_POWER = 0.9
 
-    Reference quirk (psa issue #28): the original passed the weight decay where
-    SGD expects momentum, so it trained with momentum = weight decay (5e-4).
-    ``momentum=None`` reproduces that; pass 0.9 for the intended optimiser.
-    Per-group ``weight_decay`` in ``params`` overrides ``weight_decay``.
-    """
 
-    def __init__(self, params, lr: float, weight_decay: float, max_step: int, momentum: float | None = None,
-                 poly_power: float = 0.9):  # fmt: skip
-        momentum = weight_decay if momentum is None else momentum
-        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+class _PolySchedule:
+    """Mixin for a torch optimiser: ``lr = lr0 * (1 - step / max_step) ** poly_power``, set before each step;
+    the step count travels with ``state_dict`` so a resumed run continues the schedule."""
+
+    def _init_poly(self, max_step: int, poly_power: float) -> None:
         self.global_step = 0
         self.max_step = max_step
         self.poly_power = poly_power
@@ -130,38 +130,134 @@ class PolyOptimizer(torch.optim.SGD):
         self.global_step, self.max_step, self.initial_lrs = poly["global_step"], poly["max_step"], poly["initial_lrs"]
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, max_step: int, momentum: float | None = None):
-    """PolyOptimizer over the 4 groups of SPEC section 2 (lr, 2 lr, 10 lr, 20 lr; no decay on biases)."""
+class PolyOptimizer(_PolySchedule, torch.optim.SGD):
+    """SGD with the poly schedule ``lr = lr0 * (1 - step / max_step) ** poly_power``, set before each step.
+
+    The published signature ``PolyOptimizer(params, lr, weight_decay, max_step, momentum=0.9)``
+    keeps its published meaning: there ``momentum`` is the poly power (the
+    published class stored it under that name and used it as the exponent), so
+    ``momentum=`` and ``poly_power=`` are the same argument here.
+
+    Reference quirk (psa issue #28): the original passed the weight decay where
+    SGD expects momentum, so it trained with SGD momentum = weight decay (5e-4).
+    ``sgd_momentum=None`` reproduces that; ``sgd_momentum=0.9`` is the intended optimiser.
+    Per-group ``weight_decay`` in ``params`` overrides ``weight_decay``.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float,
+        weight_decay: float,
+        max_step: int,
+        momentum: float | None = None,
+        *,
+        poly_power: float | None = None,
+        sgd_momentum: float | None = None,
+    ):
+        if momentum is not None and poly_power is not None and momentum != poly_power:
+            raise ValueError(
+                f"PolyOptimizer: momentum={momentum} and poly_power={poly_power} name the same poly power "
+                "(the published meaning of momentum); pass one. SGD momentum is sgd_momentum="
+            )
+        poly_power = next((v for v in (poly_power, momentum) if v is not None), DEFAULT_POLY_POWER)
+        sgd_momentum = weight_decay if sgd_momentum is None else sgd_momentum
+        super().__init__(params, lr=lr, momentum=sgd_momentum, weight_decay=weight_decay)
+        self._init_poly(max_step, poly_power)
+
+
+class PolyAdam(_PolySchedule, torch.optim.Adam):
+    """Adam with the same poly schedule and parameter groups: not in the reference; the CPU demo's pretraining
+    stage uses it, because a from-scratch ResNet38 leaves the class-prior plateau much sooner with it than with
+    SGD (docs/method.md#toy-data-and-the-cpu-demo)."""
+
+    def __init__(self, params, lr: float, weight_decay: float, max_step: int, poly_power: float = DEFAULT_POLY_POWER):
+        super().__init__(params, lr=lr, weight_decay=weight_decay)
+        self._init_poly(max_step, poly_power)
+
+
+def make_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    max_step: int,
+    sgd_momentum: float | None = None,
+    optimizer: str = "sgd",
+) -> PolyOptimizer | PolyAdam:
+    """The poly-schedule optimiser over the 4 groups of docs/method.md#ssenet-network (lr, 2 lr, 10 lr, 20 lr;
+    no decay on biases): ``"sgd"`` (the reference's ``PolyOptimizer``; ``sgd_momentum=None`` is its quirk,
+    momentum = ``weight_decay``) or ``"adam"`` (``PolyAdam``)."""
     groups = model.parameter_groups()
-    return PolyOptimizer(
-        [
-            {"params": groups[0], "lr": lr, "weight_decay": weight_decay},
-            {"params": groups[1], "lr": 2 * lr, "weight_decay": 0},
-            {"params": groups[2], "lr": 10 * lr, "weight_decay": weight_decay},
-            {"params": groups[3], "lr": 20 * lr, "weight_decay": 0},
-        ],
-        lr=lr,
-        weight_decay=weight_decay,
-        max_step=max_step,
-        momentum=momentum,
-    )
+    param_groups = [
+        {"params": groups[0], "lr": lr, "weight_decay": weight_decay},
+        {"params": groups[1], "lr": 2 * lr, "weight_decay": 0},
+        {"params": groups[2], "lr": 10 * lr, "weight_decay": weight_decay},
+        {"params": groups[3], "lr": 20 * lr, "weight_decay": 0},
+    ]
+    if optimizer == "adam":
+        return PolyAdam(param_groups, lr=lr, weight_decay=weight_decay, max_step=max_step)
+    if optimizer != "sgd":
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    return PolyOptimizer(param_groups, lr=lr, weight_decay=weight_decay, max_step=max_step, sgd_momentum=sgd_momentum)
 
 
 # --------------------------------------------------------------------------- checkpoints
 
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file, then rename: a killed run never leaves half a checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` to a temporary file, then rename: a killed run never leaves half a checkpoint.
+
+    A failed write (full disk, quota, unwritable folder) removes the temporary file, leaves any
+    previous ``path`` intact and raises :class:`InputError` naming ``path``.
+    """
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as RuntimeError
+        free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+        reason = "no space left on the device" if getattr(e, "errno", None) == errno.ENOSPC or free < 1 << 20 else e
+        raise InputError(
+            f"cannot write {path}: {reason} ({free / 2**20:.0f} MiB free); any previous {path.name} is intact"
+        ) from None
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A resumable checkpoint written by ``save_atomic`` (tensors and plain containers only)."""
+def load_torch_file(path: str | os.PathLike, what: str) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU, with an error naming ``what`` (a flag) and ``path``
+    for a missing, empty, truncated, foreign or code-carrying file (torch's own message is not shown:
+    one of them advises unsafe loading, which this project never does)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise MissingFileError(f"{what}: file not found: {path}")
+    expected = "expected a PyTorch file written by torch.save"
+    if path.stat().st_size == 0:
+        raise InputError(f"{what} {path}: the file is empty; {expected}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if not zipfile.is_zipfile(path):  # random bytes, a cut-short archive, another format
+            reason = "not a complete PyTorch file (random bytes, another format, or cut short?)"
+        elif isinstance(e, pickle.UnpicklingError):
+            reason = "it holds objects other than tensors and plain containers, which are never unpickled here"
+        else:
+            reason = "a corrupt PyTorch archive"
+        raise InputError(f"{what} {path}: cannot read it: {reason}; {expected}") from None
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "step", "epoch_done", "rng")
+
+
+def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict:
+    """A checkpoint written by ``save_atomic`` (tensors and plain containers only) holding the ``required``
+    entries (:data:`CHECKPOINT_KEYS` for a resumable training checkpoint)."""
+    ckpt = load_torch_file(path, "--resume")
+    missing = [k for k in required if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise InputError(
+            f"--resume {path}: not a training checkpoint (no {', '.join(missing)}); expected a "
+            "<session>_checkpoint.pth written by train_cls_ser.py / train_aff.py (a .pth of weights goes to --weights)"
+        )
+    return ckpt
 
 
 # --------------------------------------------------------------------------- distributed

@@ -42,8 +42,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from network import build_network
 from network.resnet38d import load_weights
-from tool import pyutils, torchutils
-from tool.fileio import atomic_path
+from tool import cli, pyutils, torchutils
+from tool.cli import InputError
+from tool.fileio import atomic_path, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -52,51 +53,100 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
     """The flags the training scripts share; ``defaults`` holds the script's reference values.
 
     Required keys: ``batch_size``, ``max_epoches``, ``network``, ``session_name``; optional:
-    ``lr`` (0.01), ``momentum`` (None = the reference quirk), ``crop_size`` (448).
+    ``lr`` (0.01), ``momentum`` (None = the reference quirk), ``crop_size`` (448),
+    ``min_crop`` (8) with ``min_crop_reason``.
     """
     d = defaults
-    parser.add_argument("--batch_size", type=int, default=d["batch_size"], help="total batch over all devices")
-    parser.add_argument("--max_epoches", type=int, default=d["max_epoches"], help="epochs (reference spelling)")
-    parser.add_argument("--network", type=str, default=d["network"], help="network module, dotted name")
-    parser.add_argument("--lr", type=float, default=d.get("lr", 0.01), help="base learning rate (new layers get 10x)")
-    parser.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes per rank")
-    parser.add_argument("--wt_dec", type=float, default=5e-4, help="weight decay")
-    momentum_help = (
-        "SGD momentum; default: equal to --wt_dec, the reference's positional-argument quirk (0.9 fixes it)"
-        if d.get("momentum") is None
-        else f"SGD momentum (default {d['momentum']})"
+    parser.add_argument(
+        "--batch_size", type=cli.positive_int, default=d["batch_size"], help="total batch over all devices (>= 1)"
     )
-    parser.add_argument("--momentum", type=float, default=d.get("momentum"), help=momentum_help)
-    parser.add_argument("--weights", type=str, default=None, help="init weights: MXNet .params or a .pth state dict")
+    parser.add_argument(
+        "--max_epoches", type=cli.positive_int, default=d["max_epoches"], help="epochs (reference spelling, >= 1)"
+    )
+    parser.add_argument("--network", type=str, default=d["network"], help="network module, dotted name")
+    parser.add_argument(
+        "--lr",
+        type=cli.float_range(0, 10, lo_open=True),
+        default=d.get("lr", 0.01),
+        help=f"base learning rate in (0, 10] (new layers get 10x; default {d.get('lr', 0.01)})",
+    )
+    parser.add_argument(
+        "--num_workers",
+        type=cli.worker_count,
+        default=cli.default_workers(8),
+        help="DataLoader worker processes per rank (default 8, at most the usable CPUs)",
+    )
+    parser.add_argument("--wt_dec", type=cli.float_range(0, 1), default=5e-4, help="weight decay in [0, 1]")
+    momentum_default = (
+        "default: equal to --wt_dec, the reference's positional-argument quirk (0.9 fixes it)"
+        if d.get("momentum") is None
+        else f"default {d['momentum']}"
+    )
+    parser.add_argument(
+        "--sgd_momentum",
+        "--momentum",
+        dest="momentum",
+        type=cli.float_range(0, 1, hi_open=True),
+        default=d.get("momentum"),
+        help=f"SGD momentum in [0, 1) (not the poly power); {momentum_default}",
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=("sgd", "adam"),
+        default="sgd",
+        help="sgd: the reference's poly SGD; adam: poly Adam (not in the reference; the demo's pretraining stage)",
+    )
+    parser.add_argument(
+        "--weights",
+        type=str,
+        default=None,
+        help="init weights: MXNet .params (ResNet38), Caffe .caffemodel (VGG16) or a .pth state dict",
+    )
     parser.add_argument(
         "--from_scratch", action="store_true",
         help="train without --weights: He init and BatchNorm statistics estimated from data (see --bn_calib_batches)",
     )  # fmt: skip
     parser.add_argument(
-        "--dropout_scale", type=float, default=1.0,
-        help="multiply every Dropout2d rate (b6 0.3, b7 0.5, head 0.5) by this; 0 disables dropout",
-    )  # fmt: skip
+        "--dropout_scale",
+        type=cli.float_range(0, 2),
+        default=1.0,
+        help="multiply every Dropout2d rate (b6 0.3, b7 0.5, head 0.5) by this, in [0, 2] so that rates stay <= 1; "
+        "0 disables dropout",
+    )
     parser.add_argument(
-        "--bn_calib_batches", type=int, default=8,
+        "--bn_calib_batches",
+        type=cli.nonneg_int,
+        default=8,
         help="with --from_scratch: batches used to estimate the frozen BatchNorm statistics (0 keeps mean 0, var 1)",
-    )  # fmt: skip
+    )
     parser.add_argument("--train_list", type=str, default="voc12/train_aug.txt", help="list of training images")
     parser.add_argument("--session_name", type=str, default=d["session_name"], help="output path prefix")
-    parser.add_argument("--crop_size", type=int, default=d.get("crop_size", 448), help="random crop side, pixels")
+    min_crop = d.get("min_crop", 8)
+    crop_default = d.get("crop_size", 448)
+    parser.add_argument(
+        "--crop_size",
+        type=cli.int_range(min_crop, 4096, why=d.get("min_crop_reason", "")),
+        default=crop_default,
+        help=f"random crop side, pixels, {min_crop}..4096 (default {crop_default})",
+    )
     parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder")
     parser.add_argument("--tblog_dir", type=str, default="./log", help="TensorBoard folder ('' disables)")
-    parser.add_argument("--width_mult", type=float, default=1.0, help="channel width multiplier (1/8 for CPU demos)")
+    parser.add_argument(
+        "--width_mult", type=cli.width_mult, default=1.0, help="channel width multiplier in (0, 4] (1/8 for CPU demos)"
+    )
     torchutils.add_device_args(parser)
-    parser.add_argument("--seed", type=int, default=1, help="random seed (reference: 1)")
-    parser.add_argument("--accum_steps", type=int, default=1, help="split each batch into this many micro-batches")
+    parser.add_argument("--seed", type=cli.int_range(0, 2**31 - 1), default=1, help="random seed (reference: 1)")
+    parser.add_argument(
+        "--accum_steps", type=cli.positive_int, default=1, help="split each batch into this many micro-batches"
+    )
     parser.add_argument(
         "--resume", type=str, default=None,
         help="checkpoint to resume from (default: <session_name>_checkpoint.pth when it exists)",
     )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="start afresh even if outputs exist")
-    parser.add_argument("--max_steps", type=int, default=None, help="stop after this many optimiser steps")
-    parser.add_argument("--print_freq", type=int, default=10, help="log every N steps")
-    parser.add_argument("--vis_freq", type=int, default=100, help="TensorBoard images every N steps")
+    parser.add_argument("--max_steps", type=cli.positive_int, default=None, help="stop after this many optimiser steps")
+    parser.add_argument("--print_freq", type=cli.positive_int, default=10, help="log every N steps")
+    parser.add_argument("--vis_freq", type=cli.positive_int, default=100, help="TensorBoard images every N steps")
 
 
 def build_model(args: argparse.Namespace) -> torch.nn.Module:
@@ -109,7 +159,10 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
     elif args.from_scratch:
         model.init_backbone_from_scratch()
     else:
-        raise SystemExit("--weights is required (ImageNet ResNet38 .params or a .pth); --from_scratch trains without")
+        raise SystemExit(
+            "--weights is required (ImageNet ResNet38 .params, VGG16 .caffemodel or a .pth); "
+            "--from_scratch trains without"
+        )
     if args.dropout_scale != 1.0:
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout2d):
@@ -194,7 +247,7 @@ def train(
     max_step = steps_per_epoch * args.max_epoches
 
     model.to(device)
-    optimizer = torchutils.make_optimizer(model, args.lr, args.wt_dec, max_step, args.momentum)
+    optimizer = torchutils.make_optimizer(model, args.lr, args.wt_dec, max_step, args.momentum, args.optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
 
     start_step = 0
@@ -206,13 +259,25 @@ def train(
     if resume is None and paths["checkpoint"].exists() and not args.overwrite:
         resume = paths["checkpoint"]
         logger.info("found %s: resuming (pass --overwrite to start afresh)", resume)
+    if main:
+        # Hidden temporary files of a save that was killed (atomic_path): nothing else ever removes them.
+        stems = {p.stem for p in paths.values()}
+        if removed := remove_stale_temps({paths["checkpoint"].parent}, stems):
+            logger.info("removed %d temporary files left by an interrupted save", removed)
     if resume is None and main:
         paths["jsonl"].unlink(missing_ok=True)  # a fresh run must not append to an old run's epoch log
     if resume is not None:
-        ckpt = torchutils.load_checkpoint(resume)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
+        ckpt = torchutils.load_checkpoint(resume, torchutils.CHECKPOINT_KEYS)
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scaler.load_state_dict(ckpt["scaler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[:2]
+            raise InputError(
+                f"--resume {resume}: this checkpoint does not fit the model (another --network or --width_mult?): "
+                + " ".join(first)[:300]
+            ) from None
         start_step = ckpt["step"]
         resume_rng = ckpt["rng"] if not ckpt["epoch_done"] else None
         logger.info("resumed from %s at step %d / %d", resume, start_step, max_step)

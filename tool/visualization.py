@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
@@ -22,10 +24,16 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.nd
     return blended.astype(np.uint8)
 
 
-def cam_panel(image_chw: np.ndarray, cams: np.ndarray, label: np.ndarray) -> np.ndarray:
+def cam_panel(
+    image_chw: np.ndarray,
+    cams: np.ndarray,
+    label: np.ndarray,
+    denormalize: Callable[[np.ndarray], np.ndarray] = denormalize,
+) -> np.ndarray:
     """One image (normalised, (3, H, W)) beside the overlays of its present classes -> (3, H, k*W) uint8.
 
     ``cams`` (20, h, w) are raw scores; each present class is max-normalised for display.
+    ``denormalize`` undoes the network's normalisation (its ``Net.denormalize``).
     """
     image = denormalize(np.transpose(image_chw, (1, 2, 0)))
     tiles = [image]

@@ -33,7 +33,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import ColorJitter
 
 from tool import imutils
-from tool.fileio import load_label_png, load_scores, score_file
+from tool.cli import InputError, MissingFileError
+from tool.fileio import load_label_png, load_scores, missing_score_file_message, score_file
 from tool.randomwalk import DEFAULT_RADIUS, from_region, pair_slices
 from voc12.voc import IGNORE_INDEX, NUM_CLASSES, NUM_FG_CLASSES, jpeg_path, load_img_id_list
 
@@ -51,9 +52,22 @@ def item_rng() -> np.random.Generator:
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image as 3-channel RGB (VOC has a few CMYK/grey JPEGs)."""
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    """Open an image as 3-channel 8-bit RGB (VOC has a few CMYK/grey JPEGs).
+
+    Images of more than 8 bits per channel are refused: Pillow's RGB conversion
+    clips them (a 16-bit image turns all white). A truncated or unreadable file
+    raises :class:`InputError` naming it.
+    """
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("I", "F") or img.mode.startswith(("I;", "BGR;")):
+                raise InputError(
+                    f"{path}: {img.mode} image ({'float' if img.mode == 'F' else 'more than 8 bits per channel'}); "
+                    "expected an 8-bit RGB or grey JPEG: convert it to 8 bits first"
+                )
+            return img.convert("RGB")
+    except OSError as e:  # truncated JPEG, unknown format (UnidentifiedImageError), unreadable file
+        raise InputError(f"{path}: cannot read the image, truncated or not an image? ({e})") from None
 
 
 def _require_files(paths: Mapping[str, Path], what: str, list_path: str | os.PathLike) -> None:
@@ -88,15 +102,21 @@ class TrainClsTransform:
     the array afterwards gives the same distribution.
     """
 
-    def __init__(self, resize_long: tuple[int, int] = (448, 768), crop_size: int = 448) -> None:
+    def __init__(
+        self,
+        resize_long: tuple[int, int] = (448, 768),
+        crop_size: int = 448,
+        normalize: imutils.Normalizer = imutils.normalize,
+    ) -> None:
         self.resize_long = resize_long
         self.crop_size = crop_size
+        self.normalize = normalize
         self.color_jitter = ColorJitter(**COLOR_JITTER)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         rng = item_rng()
         img = imutils.random_resize_long(img, *self.resize_long, rng)
-        arr = imutils.normalize(np.asarray(self.color_jitter(img)))
+        arr = self.normalize(np.asarray(self.color_jitter(img)))
         (arr,) = imutils.random_hflip(arr, rng=rng)
         (arr,) = imutils.random_crop(arr, crop_size=self.crop_size, rng=rng)
         return torch.from_numpy(imutils.hwc_to_chw(arr))
@@ -105,11 +125,12 @@ class TrainClsTransform:
 class ValClsTransform:
     """SPEC 3 validation input: normalise, centre crop (zero canvas), CHW -> (3, crop, crop) float32."""
 
-    def __init__(self, crop_size: int = 500) -> None:
+    def __init__(self, crop_size: int = 500, normalize: imutils.Normalizer = imutils.normalize) -> None:
         self.crop_size = crop_size
+        self.normalize = normalize
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        (arr,) = imutils.center_crop(imutils.normalize(np.asarray(img)), crop_size=self.crop_size)
+        (arr,) = imutils.center_crop(self.normalize(np.asarray(img)), crop_size=self.crop_size)
         return torch.from_numpy(imutils.hwc_to_chw(arr))
 
 
@@ -128,7 +149,7 @@ class VOC12ClsDataset(Dataset):
         labels: Mapping[str, np.ndarray],
         transform: Callable[[Image.Image], Any] | None = None,
     ) -> None:
-        self.ids = load_img_id_list(list_path)
+        self.ids = load_img_id_list(list_path, duplicates="drop")
         self.voc12_root = Path(voc12_root)
         self.labels = _label_matrix(self.ids, labels, list_path)
         self.transform = transform
@@ -155,11 +176,16 @@ class VOC12ImageDatasetMSF(Dataset):
     """
 
     def __init__(
-        self, list_path: str | os.PathLike, voc12_root: str | os.PathLike, scales: Sequence[float] = MSF_SCALES
+        self,
+        list_path: str | os.PathLike,
+        voc12_root: str | os.PathLike,
+        scales: Sequence[float] = MSF_SCALES,
+        normalize: imutils.Normalizer = imutils.normalize,
     ) -> None:
-        self.ids = load_img_id_list(list_path)
+        self.ids = load_img_id_list(list_path, duplicates="drop")
         self.voc12_root = Path(voc12_root)
         self.scales = tuple(scales)
+        self.normalize = normalize
         _require_files({i: jpeg_path(voc12_root, i) for i in self.ids}, "JPEG image", list_path)
 
     def __len__(self) -> int:
@@ -171,7 +197,7 @@ class VOC12ImageDatasetMSF(Dataset):
         return {
             "id": image_id,
             "image": torch.from_numpy(np.array(img)),
-            "inputs": [torch.from_numpy(x) for x in imutils.msf_inputs(img, self.scales)],
+            "inputs": [torch.from_numpy(x) for x in imutils.msf_inputs(img, self.scales, self.normalize)],
         }
 
 
@@ -184,10 +210,11 @@ class VOC12ClsDatasetMSF(VOC12ImageDatasetMSF):
         voc12_root: str | os.PathLike,
         labels: Mapping[str, np.ndarray],
         scales: Sequence[float] = MSF_SCALES,
+        normalize: imutils.Normalizer = imutils.normalize,
     ) -> None:
         # Labels are checked before the files, as in VOC12ClsDataset.
-        self.labels = _label_matrix(load_img_id_list(list_path), labels, list_path)
-        super().__init__(list_path, voc12_root, scales)
+        self.labels = _label_matrix(load_img_id_list(list_path, duplicates="drop"), labels, list_path)
+        super().__init__(list_path, voc12_root, scales, normalize)
 
     def __getitem__(self, index: int) -> dict:
         item = super().__getitem__(index)
@@ -259,9 +286,11 @@ class VOC12AffDataset(Dataset):
         crop_size: int = 448,
         radius: int = DEFAULT_RADIUS,
         allow_pickle: bool = False,
+        normalize: imutils.Normalizer = imutils.normalize,
     ) -> None:
-        self.ids = load_img_id_list(list_path)
+        self.ids = load_img_id_list(list_path, duplicates="drop")
         self.voc12_root = Path(voc12_root)
+        self.normalize = normalize
         self.la_crf_dir, self.ha_crf_dir = Path(la_crf_dir), Path(ha_crf_dir)
         self.crop_size = crop_size
         self.radius = radius
@@ -272,7 +301,10 @@ class VOC12AffDataset(Dataset):
         _require_files({i: jpeg_path(voc12_root, i) for i in self.ids}, "JPEG image", list_path)
         for crf_dir in (self.la_crf_dir, self.ha_crf_dir):
             paths = {i: score_file(crf_dir, i, allow_pickle) for i in self.ids}
-            _require_files(paths, f"CRF score (in {crf_dir})", list_path)
+            missing = [p for p in paths.values() if not p.is_file()]
+            if missing:
+                first = missing_score_file_message(missing[0])
+                raise MissingFileError(f"{len(missing)} CRF score file(s) of {list_path} missing; first: {first}")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -280,15 +312,15 @@ class VOC12AffDataset(Dataset):
     def _load_crf_scores(self, image_id: str, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         la_path = score_file(self.la_crf_dir, image_id, self.allow_pickle)
         ha_path = score_file(self.ha_crf_dir, image_id, self.allow_pickle)
-        la_keys, la_scores = load_scores(la_path, self.allow_pickle)
-        ha_keys, ha_scores = load_scores(ha_path, self.allow_pickle)
+        la_keys, la_scores = load_scores(la_path, self.allow_pickle, kind="crf")
+        ha_keys, ha_scores = load_scores(ha_path, self.allow_pickle, kind="crf")
         if not np.array_equal(la_keys, ha_keys):
-            raise ValueError(f"CRF score files disagree on keys: {la_path} has {la_keys}, {ha_path} has {ha_keys}")
+            raise InputError(f"CRF score files disagree on keys: {la_path} has {la_keys}, {ha_path} has {ha_keys}")
         if la_keys.size == 0 or la_keys[0] != 0:
-            raise ValueError(f"{la_path}: CRF keys {la_keys} must start with 0 (background)")
+            raise InputError(f"{la_path}: CRF keys {la_keys} must start with 0 (background)")
         for path, scores in ((la_path, la_scores), (ha_path, ha_scores)):
             if scores.shape[1:] != hw:
-                raise ValueError(f"{path}: scores are {scores.shape[1:]} but image {image_id} is {hw}")
+                raise InputError(f"{path}: scores are {scores.shape[1:]} but image {image_id} is {hw}")
         return la_scores, ha_scores
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -301,7 +333,7 @@ class VOC12AffDataset(Dataset):
         rng = item_rng()
         img_arr = np.asarray(self.color_jitter(img))
         img_arr, scores = imutils.random_crop(img_arr, scores, crop_size=self.crop_size, rng=rng)
-        img_arr, scores = imutils.random_hflip(imutils.normalize(img_arr), scores, rng=rng)
+        img_arr, scores = imutils.random_hflip(self.normalize(img_arr), scores, rng=rng)
         pooled = imutils.pool_scores(scores, FEATURE_STRIDE)  # (grid, grid, 2K)
 
         label = label_from_crf_scores(pooled[..., :n_keys], pooled[..., n_keys:])
@@ -318,7 +350,7 @@ class VOC12ImageDataset(Dataset):
     """Plain images of a list (or of ``ids``): items are ``(id, (H, W, 3) uint8 tensor)``."""
 
     def __init__(self, list_path: str | os.PathLike, voc12_root: str | os.PathLike, ids: Sequence[str] | None = None):
-        self.ids = list(ids) if ids is not None else load_img_id_list(list_path)
+        self.ids = list(ids) if ids is not None else load_img_id_list(list_path, duplicates="drop")
         self.voc12_root = Path(voc12_root)
         _require_files({i: jpeg_path(voc12_root, i) for i in self.ids}, "JPEG image", list_path)
 

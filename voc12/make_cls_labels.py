@@ -8,7 +8,10 @@ ignoring unknown names; here any other unknown name is an error naming the file.
 
 The reference ships the labels as a pickled dict ``cls_labels.npy``; we store
 them as ``.npz`` with ``ids`` (str, (N,)) and ``labels`` (float32, (N, 20)),
-read with ``allow_pickle=False``, and build them on first use.
+read with ``allow_pickle=False``. ``voc12/cls_labels.npz`` ships the published
+labels of all 12,031 train_aug + val images without a dataset folder (valid for
+any devkit); this module regenerates such labels from the XML, and the scripts
+build a folder-bound cache on first use for ids no label file has.
 
 The CLI also writes the lists the reference's defaults point to:
 ``<list_dir>/train.txt``, ``val.txt`` (from ``ImageSets/Segmentation``) and
@@ -16,6 +19,9 @@ The CLI also writes the lists the reference's defaults point to:
 id per line, then labels for every id of every list:
 
     python -m voc12.make_cls_labels --voc12_root VOC2012 [--out voc12/cls_labels.npz] [--list_dir voc12]
+    cd voc12; python make_cls_labels.py --voc12_root ../VOC2012    # the published README's way, same files
+
+The defaults are this folder (``voc12/``), wherever the command runs from.
 """
 
 from __future__ import annotations
@@ -23,39 +29,47 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import xml.etree.ElementTree as ET
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from tool.fileio import atomic_path, atomic_write_text
+if not __package__:  # run as a file from inside voc12/ (the published README): make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tool import cli  # noqa: E402
+from tool.cli import InputError, MissingFileError, OutputExistsError  # noqa: E402
+from tool.fileio import atomic_path, atomic_write_text  # noqa: E402
 from voc12.voc import CLASS_NAMES, NUM_FG_CLASSES, annotation_path, load_img_id_list, parse_list_line
 
 logger = logging.getLogger(__name__)
 
 CLASS_INDEX = {name: index for index, name in enumerate(CLASS_NAMES)}
+VOC12_DIR = Path(__file__).resolve().parent
 
 
 def parse_annotation(xml_path: str | os.PathLike) -> list[str]:
     """Class names of the objects in one VOC annotation file, in file order (repeats kept)."""
     xml_path = Path(xml_path)
     if not xml_path.is_file():
-        raise FileNotFoundError(f"annotation not found: {xml_path} (every listed image needs Annotations/<id>.xml)")
+        raise MissingFileError(f"annotation not found: {xml_path} (every listed image needs Annotations/<id>.xml)")
     try:
         root = ET.parse(xml_path).getroot()
     except ET.ParseError as e:
-        raise ValueError(f"{xml_path}: malformed XML: {e}") from e
+        raise InputError(f"{xml_path}: malformed XML: {e}") from e
     if root.tag != "annotation":
-        raise ValueError(f"{xml_path}: root element is <{root.tag}>, expected <annotation>")
+        raise InputError(f"{xml_path}: root element is <{root.tag}>, expected <annotation>")
     names = []
     for number, obj in enumerate(root.findall("object"), start=1):
         name = obj.findtext("name")  # direct child only: <part><name> (head, hand, foot) is not a class
         if name is None or not name.strip():
-            raise ValueError(f"{xml_path}: <object> #{number} has no <name>")
+            raise InputError(f"{xml_path}: <object> #{number} has no <name>")
         name = name.strip()
         if name not in CLASS_INDEX:
-            raise ValueError(f"{xml_path}: unknown class name {name!r} in <object> #{number}; expected one of VOC's 20")
+            raise InputError(f"{xml_path}: unknown class name {name!r} in <object> #{number}; expected one of VOC's 20")
         names.append(name)
     return names
 
@@ -94,19 +108,23 @@ def load_cls_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a labels file written by :func:`save_cls_labels`: ``{id: (20,) float32}``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"class label file not found: {path} (run python -m voc12.make_cls_labels)")
+        raise MissingFileError(f"class label file not found: {path} (run python -m voc12.make_cls_labels)")
     try:
         with np.load(path, allow_pickle=False) as data:
             ids = data["ids"]
             matrix = data["labels"]
-    except (KeyError, ValueError, OSError) as e:
-        raise ValueError(f"{path}: not a class label file (expected .npz with 'ids' and 'labels'): {e}") from e
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"{path}: not a class label file (expected .npz with 'ids' and 'labels'): {e}") from e
     if ids.ndim != 1 or ids.dtype.kind != "U":
-        raise ValueError(f"{path}: 'ids' must be a 1-d str array, got {ids.dtype} with shape {ids.shape}")
+        raise InputError(f"{path}: 'ids' must be a 1-d str array, got {ids.dtype} with shape {ids.shape}")
     if matrix.shape != (ids.size, NUM_FG_CLASSES):
-        raise ValueError(f"{path}: 'labels' has shape {matrix.shape}, expected ({ids.size}, {NUM_FG_CLASSES})")
+        raise InputError(f"{path}: 'labels' has shape {matrix.shape}, expected ({ids.size}, {NUM_FG_CLASSES})")
     matrix = matrix.astype(np.float32)
     return {str(image_id): matrix[row] for row, image_id in enumerate(ids)}
+
+
+# How many cached labels of a folder-independent file are checked against the folder's own XML.
+SPOT_CHECKS = 3
 
 
 def load_or_build_cls_labels(
@@ -116,6 +134,12 @@ def load_or_build_cls_labels(
 
     A missing cache is built from the XML annotations; ids the cache lacks are read from XML and added, and the
     extended cache is written back atomically. Returns only the requested ids.
+
+    Two kinds of cache (docs/formats.md#label-cache): one built here remembers its dataset folder and refuses
+    any other; one without a folder (the shipped ``voc12/cls_labels.npz``, the published labels of every VOC 2012
+    image) is valid for any devkit. Such a file is never rewritten: ids it lacks are read from XML for this run
+    only, and, where the folder has annotations, the first few cached labels are checked against them, so
+    another dataset that reuses VOC ids (the toy one does) is refused instead of silently mislabelled.
     """
     cache_path = Path(cache_path)
     ids = list(dict.fromkeys(ids))
@@ -125,16 +149,33 @@ def load_or_build_cls_labels(
     # built from another dataset folder must not be mixed with this one.
     cached_root = _cache_root(cache_path) if labels else None
     if cached_root is not None and cached_root != root:
-        raise ValueError(
+        raise InputError(
             f"--cls_labels {cache_path} was built from {cached_root}, not from --voc12_root {root}; "
             "point --cls_labels elsewhere or delete the file"
         )
+    portable = bool(labels) and cached_root is None
+    if portable:
+        _spot_check(cache_path, labels, ids, voc12_root)
     missing = [image_id for image_id in ids if image_id not in labels]
     if missing:
-        logger.info("class labels: reading %d annotations from %s into %s", len(missing), voc12_root, cache_path)
+        logger.info("class labels: reading %d annotations from %s", len(missing), voc12_root)
         labels.update(build_cls_labels(voc12_root, missing))
-        save_cls_labels(cache_path, labels, voc12_root)
+        if not portable:
+            save_cls_labels(cache_path, labels, voc12_root)
     return {image_id: labels[image_id] for image_id in ids}
+
+
+def _spot_check(cache_path: Path, labels: dict[str, np.ndarray], ids: list[str], voc12_root) -> None:
+    checked = [i for i in ids if i in labels and annotation_path(voc12_root, i).is_file()][:SPOT_CHECKS]
+    for image_id in checked:
+        from_xml = image_label(voc12_root, image_id)
+        if not np.array_equal(from_xml, labels[image_id]):
+            xml_path = annotation_path(voc12_root, image_id)
+            raise InputError(
+                f"--cls_labels {cache_path}: the label of {image_id} differs from {xml_path} "
+                f"(classes {np.flatnonzero(labels[image_id]).tolist()} vs {np.flatnonzero(from_xml).tolist()}); "
+                "these labels are not of this dataset: point --cls_labels elsewhere"
+            )
 
 
 def derive_lists(voc12_root: str | os.PathLike) -> tuple[dict[str, list[str]], str | None]:
@@ -150,7 +191,7 @@ def derive_lists(voc12_root: str | os.PathLike) -> tuple[dict[str, list[str]], s
         val_ids = set(lists["val"])
         lists["train_aug"] = sorted({p.stem for p in aug_dir.glob("*.png")} - val_ids)
         if not lists["train_aug"]:
-            raise ValueError(f"{aug_dir} has no PNG outside the val list; cannot build train_aug")
+            raise InputError(f"{aug_dir} has no PNG outside the val list; cannot build train_aug")
         return lists, None
     if (image_sets / "train_aug.txt").is_file():
         lists["train_aug"] = load_img_id_list(image_sets / "train_aug.txt")
@@ -162,8 +203,9 @@ def derive_lists(voc12_root: str | os.PathLike) -> tuple[dict[str, list[str]], s
 
 
 def _read_ids(path: Path) -> list[str]:
-    with open(path) as f:
-        return [parse_list_line(line) for line in f if line.strip()]
+    """Ids of an existing list file, repeats kept; a line outside the grammar (or not UTF-8) names the line."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    return [parse_list_line(line, f"{path}:{n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
 def write_lists(list_dir: str | os.PathLike, lists: dict[str, list[str]], overwrite: bool = False) -> list[Path]:
@@ -180,7 +222,7 @@ def write_lists(list_dir: str | os.PathLike, lists: dict[str, list[str]], overwr
             if _read_ids(path) == ids:
                 continue
             if not overwrite:
-                raise FileExistsError(f"{path} exists with different ids; pass --overwrite to replace it")
+                raise OutputExistsError(f"{path} exists with different ids; pass --overwrite to replace it")
         pending[path] = ids
     for path, ids in pending.items():
         atomic_write_text(path, "".join(f"{image_id}\n" for image_id in ids))
@@ -191,10 +233,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write VOC image lists and image-level class labels (.npz).")
     parser.add_argument("--voc12_root", type=str, required=True, help="VOC2012 devkit folder (JPEGImages, ...)")
     parser.add_argument(
-        "--out", type=str, default="voc12/cls_labels.npz", help="label file: .npz with 'ids' and 'labels' (N, 20)"
+        "--out",
+        type=str,
+        default=str(VOC12_DIR / "cls_labels.npz"),
+        help="label file: .npz with 'ids' and 'labels' (N, 20) (default: voc12/cls_labels.npz of this repository)",
     )
     parser.add_argument(
-        "--list_dir", type=str, default="voc12", help="where train.txt, val.txt, train_aug.txt are written"
+        "--list_dir",
+        type=str,
+        default=str(VOC12_DIR),
+        help="where train.txt, val.txt, train_aug.txt are written (default: voc12/ of this repository)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace list files that list different ids")
     return parser
@@ -202,6 +250,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict[str, np.ndarray]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not Path(args.voc12_root).is_dir():
+        raise MissingFileError(f"--voc12_root {args.voc12_root}: not a folder (expected the VOC2012 devkit folder)")
     lists, note = derive_lists(args.voc12_root)
     extra_ids: list[str] = []
     if note is not None:
@@ -222,4 +272,4 @@ def main(args: argparse.Namespace) -> dict[str, np.ndarray]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())

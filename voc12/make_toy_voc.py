@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from tool import cli
+from tool.cli import InputError, OutputExistsError
 from tool.fileio import atomic_path, atomic_write_text, save_png
 from voc12.voc import CLASS_NAMES, IGNORE_INDEX, voc_palette
 
@@ -46,24 +48,34 @@ MANAGED_DIRS = ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationC
 class ToyClass:
     name: str
     shape: str
-    colour: tuple[int, int, int]
+    colours: tuple[str, ...]  # names in COLOUR_FAMILIES; each object draws one
     texture: str
 
 
-# Saturated, well separated hues against a grey-brown background; no two classes share a shape.
+# Saturated colour families, each shared by two or three classes, and textures shared by two classes each:
+# neither a pixel's colour nor its texture tells the class; the shape, with the colour/texture pair, does.
+COLOUR_FAMILIES = {
+    "red": (220, 45, 40),
+    "orange": (235, 135, 30),
+    "yellow": (230, 210, 40),
+    "green": (45, 170, 60),
+    "cyan": (35, 190, 205),
+    "blue": (40, 80, 225),
+    "magenta": (210, 55, 190),
+}
 TOY_CLASSES = (
-    ToyClass("aeroplane", "cross", (30, 80, 230), "stripes"),
-    ToyClass("bird", "triangle", (245, 215, 40), "plain"),
-    ToyClass("car", "square", (225, 35, 35), "checker"),
-    ToyClass("cat", "disc", (40, 185, 60), "plain"),
-    ToyClass("person", "star", (215, 60, 205), "checker"),
-    ToyClass("tvmonitor", "ring", (35, 205, 215), "stripes"),
+    ToyClass("aeroplane", "cross", ("blue", "red", "yellow"), "stripes"),
+    ToyClass("bird", "triangle", ("yellow", "green", "magenta"), "plain"),
+    ToyClass("car", "square", ("red", "cyan", "orange"), "checker"),
+    ToyClass("cat", "disc", ("green", "blue", "orange"), "plain"),
+    ToyClass("person", "star", ("magenta", "orange", "cyan"), "checker"),
+    ToyClass("tvmonitor", "ring", ("cyan", "red", "green"), "stripes"),
 )
 RING_HOLE = 0.45  # inner radius / outer radius
 MIN_RING_WIDTH_PX = 4.0  # narrowest ring wall; the default 3 px void band leaves at least a 1 px line of it
 OBJECTS_PER_IMAGE = (1, 2, 3)
 OBJECTS_PER_IMAGE_P = (0.4, 0.35, 0.25)
-MAX_OVERLAP = 0.15  # a new object may cover at most this fraction of the smaller of it and any placed object
+MAX_OVERLAP = 0.3  # a new object may cover at most this fraction of the smaller of it and any placed object
 PLACEMENT_TRIES = 50
 JPEG_QUALITY = 90
 
@@ -130,7 +142,8 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 def _object_colours(rng: np.random.Generator, toy: ToyClass, height: int, width: int, period: int) -> np.ndarray:
     """Textured fill of one object over a (height, width) patch, (h, w, 3) float."""
-    colour = np.asarray(toy.colour, dtype=np.float64) + rng.uniform(-20, 20, size=3)
+    family = toy.colours[int(rng.integers(len(toy.colours)))]
+    colour = np.asarray(COLOUR_FAMILIES[family], dtype=np.float64) + rng.uniform(-20, 20, size=3)
     yy, xx = np.mgrid[0:height, 0:width]
     if toy.texture == "stripes":
         angle = rng.uniform(0, np.pi)
@@ -206,6 +219,53 @@ def _annotation_xml(image_id: str, width: int, height: int, objects: list[tuple[
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
+def _layout(
+    rng: np.random.Generator, height: int, width: int, classes: list[int], extents: list[float]
+) -> list[tuple[int, int, int, np.ndarray]]:
+    """Place one shape per (class, extent, a fraction of the long side); returns ``(y0, x0, class, mask)`` of
+    those that found a spot. The first is placed into an empty image, so the stratified extents survive."""
+    placed = []
+    for cls, extent in zip(classes, extents, strict=True):
+        pixels = min(extent * max(height, width), min(height, width))
+        patch = _render_shape(TOY_CLASSES[cls].shape, pixels, rng.uniform(0, 2 * np.pi), rng.uniform(0.8, 1.25))
+        spot = _place(rng, patch, [(y, x, m) for y, x, _, m in placed], height, width)
+        if spot is not None:
+            placed.append((*spot, cls, patch))
+    return placed
+
+
+def _paint(
+    rng: np.random.Generator, canvas: np.ndarray, placed: list[tuple[int, int, int, np.ndarray]], period: int
+) -> np.ndarray:
+    """Paint the shapes, large ones first so small ones stay visible (and occlude them a little); returns the
+    owner map (0 background, k + 1 the k-th placed shape)."""
+    owner = np.zeros(canvas.shape[:2], dtype=np.int64)
+    for k in sorted(range(len(placed)), key=lambda k: -placed[k][3].sum()):
+        y0, x0, cls, patch = placed[k]
+        ph, pw = patch.shape
+        fill = _object_colours(rng, TOY_CLASSES[cls], ph, pw, period)
+        canvas[y0 : y0 + ph, x0 : x0 + pw][patch] = fill[patch]
+        owner[y0 : y0 + ph, x0 : x0 + pw][patch] = k + 1
+    return owner
+
+
+def _void_mask(owner: np.ndarray, num_objects: int, void_width: int) -> np.ndarray:
+    """The void band around every visible object."""
+    void = np.zeros(owner.shape, dtype=bool)
+    margin = (void_width + 1) // 2 + 1
+    for k in range(num_objects):
+        visible = owner == k + 1
+        if visible.any() and void_width > 0:
+            # Filter only a window around the object: rank filters over the whole image dominate the run time.
+            rows, cols = np.nonzero(visible)
+            window = (
+                slice(max(rows.min() - margin, 0), rows.max() + margin + 1),
+                slice(max(cols.min() - margin, 0), cols.max() + margin + 1),
+            )
+            void[window] |= _void_band(visible[window], void_width)
+    return void
+
+
 def render_toy_image(
     image_index: int,
     seed: int,
@@ -215,6 +275,7 @@ def render_toy_image(
     min_extent: float,
     max_extent: float,
     void_width: int,
+    max_objects: int = 3,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, tuple[int, ...]]]]:
     """One synthetic image.
 
@@ -225,59 +286,27 @@ def render_toy_image(
     rng = np.random.default_rng([seed, image_index])
     long_side, short_side = size, int(round(size * rng.uniform(0.66, 0.85)))
     height, width = (short_side, long_side) if rng.random() < 0.75 else (long_side, short_side)
-
-    num_objects = int(rng.choice(OBJECTS_PER_IMAGE, p=OBJECTS_PER_IMAGE_P))
+    counts = OBJECTS_PER_IMAGE[:max_objects]
+    p = np.asarray(OBJECTS_PER_IMAGE_P[:max_objects]) / sum(OBJECTS_PER_IMAGE_P[:max_objects])
+    num_objects = int(rng.choice(counts, p=p))
     classes = [primary_class, *rng.integers(0, len(TOY_CLASSES), size=num_objects - 1).tolist()]
     log_range = np.log(max_extent / min_extent)
     extents = [primary_extent, *(min_extent * np.exp(rng.uniform(0, log_range, size=num_objects - 1))).tolist()]
-
-    # The primary object is placed first, into an empty image, so the stratified extents always survive.
-    placed: list[tuple[int, int, np.ndarray]] = []
-    placed_classes: list[int] = []
-    for cls, extent in zip(classes, extents, strict=True):
-        pixels = min(extent * long_side, short_side)
-        patch = _render_shape(TOY_CLASSES[cls].shape, pixels, rng.uniform(0, 2 * np.pi), rng.uniform(0.8, 1.25))
-        spot = _place(rng, patch, placed, height, width)
-        if spot is not None:
-            placed.append((*spot, patch))
-            placed_classes.append(cls)
-
-    # Paint large objects first so small ones stay visible; the mask follows the same paint order.
-    order = sorted(range(len(placed)), key=lambda k: -placed[k][2].sum())
+    placed = _layout(rng, height, width, classes, extents)
     canvas = _background(rng, height, width)
-    owner = np.zeros((height, width), dtype=np.int64)  # 0 = background, k + 1 = k-th placed object
-    texture_period = max(3, size // 40)
-    for k in order:
-        y0, x0, patch = placed[k]
-        ph, pw = patch.shape
-        fill = _object_colours(rng, TOY_CLASSES[placed_classes[k]], ph, pw, texture_period)
-        canvas[y0 : y0 + ph, x0 : x0 + pw][patch] = fill[patch]
-        owner[y0 : y0 + ph, x0 : x0 + pw][patch] = k + 1
-
-    class_of_owner = np.array([0, *(CLASS_NAMES.index(TOY_CLASSES[c].name) + 1 for c in placed_classes)])
+    owner = _paint(rng, canvas, placed, period=max(3, size // 40))
+    class_of_owner = np.array([0, *(CLASS_NAMES.index(TOY_CLASSES[c].name) + 1 for _, _, c, _ in placed)])
     label = class_of_owner[owner].astype(np.uint8)
-    void = np.zeros((height, width), dtype=bool)
-    visible_masks = [owner == k + 1 for k in range(len(placed))]
-    margin = (void_width + 1) // 2 + 1
-    for visible in visible_masks:
-        if visible.any() and void_width > 0:
-            # Filter only a window around the object: rank filters over the whole image dominate the run time.
-            rows, cols = np.nonzero(visible)
-            window = (
-                slice(max(rows.min() - margin, 0), rows.max() + margin + 1),
-                slice(max(cols.min() - margin, 0), cols.max() + margin + 1),
-            )
-            void[window] |= _void_band(visible[window], void_width)
+    void = _void_mask(owner, len(placed), void_width)
     label[void] = IGNORE_INDEX
-
     objects = []
-    for k in order:
-        visible = visible_masks[k]
+    for k in sorted(range(len(placed)), key=lambda k: -placed[k][3].sum()):
+        visible = owner == k + 1
         if not (visible & ~void).any():  # hidden or swallowed by the void band: not in the mask, so not in the XML
             continue
         rows, cols = np.nonzero(visible)
         box = (int(cols.min()) + 1, int(rows.min()) + 1, int(cols.max()) + 1, int(rows.max()) + 1)
-        objects.append((TOY_CLASSES[placed_classes[k]].name, box))
+        objects.append((TOY_CLASSES[placed[k][2]].name, box))
     rgb = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
     return rgb, label, objects
 
@@ -286,16 +315,44 @@ def _prepare_output(out: Path) -> None:
     """Refuse to write into a non-empty folder that is not a previous toy set (it might be a real VOC tree);
     clear the folders of a previous toy set so no stale ids survive."""
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file, expected a folder")
+        raise InputError(f"--out {out} is a file, expected a folder")
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER_FILE).is_file():
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"--out {out} is not empty and was not made by make_toy_voc (no {MARKER_FILE}); "
                 "choose an empty or new folder"
             )
         for name in MANAGED_DIRS:
             shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _check_params(num_train: int, num_val: int, size: int, seed: int, params: dict) -> None:
+    if num_train < 1 or num_val < 1:
+        raise InputError(f"--num_train and --num_val must be >= 1, got {num_train} and {num_val}")
+    if size < 32:
+        raise InputError(f"--size must be >= 32 px, got {size}")
+    if seed < 0:
+        raise InputError(f"--seed must be >= 0, got {seed}")
+    if not 0 < params["min_extent"] <= params["max_extent"] <= 1:
+        raise InputError(
+            f"need 0 < --min_extent <= --max_extent <= 1, got {params['min_extent']} and {params['max_extent']}"
+        )
+    if params["void_width"] < 0:
+        raise InputError(f"--void_width must be >= 0, got {params['void_width']}")
+    if params["max_objects"] not in OBJECTS_PER_IMAGE:
+        raise InputError(f"--max_objects must be one of {OBJECTS_PER_IMAGE}, got {params['max_objects']}")
+
+
+def _write_image(out: Path, image_id: str, rgb, label, objects, palette, with_aug: bool) -> None:
+    with atomic_path(out / "JPEGImages" / f"{image_id}.jpg") as tmp:
+        Image.fromarray(rgb).save(tmp, format="JPEG", quality=JPEG_QUALITY)
+    height, width = label.shape
+    atomic_write_text(out / "Annotations" / f"{image_id}.xml", _annotation_xml(image_id, width, height, objects))
+    save_png(out / "SegmentationClass" / f"{image_id}.png", label, palette)
+    if with_aug:
+        # The widely shared SegmentationClassAug masks are greyscale PNGs holding the same indices.
+        save_png(out / "SegmentationClassAug" / f"{image_id}.png", label)
 
 
 def make_toy_voc(
@@ -308,22 +365,15 @@ def make_toy_voc(
     void_width: int = 3,
     min_extent: float = 0.10,
     max_extent: float = 0.50,
+    max_objects: int = 3,
 ) -> dict[str, Any]:
     """Write a toy VOC 2012 tree under ``out``; returns a summary (also saved as ``<out>/toy_voc.json``).
 
     Summary keys: ``train``, ``val`` (sorted id lists), ``num_objects``, ``class_counts`` (objects per class
     name), ``extent_px`` ([min, max] long side of the object boxes), and the generation parameters.
     """
-    if num_train < 1 or num_val < 1:
-        raise ValueError(f"--num_train and --num_val must be >= 1, got {num_train} and {num_val}")
-    if size < 32:
-        raise ValueError(f"--size must be >= 32 px, got {size}")
-    if seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {seed}")
-    if not 0 < min_extent <= max_extent <= 1:
-        raise ValueError(f"need 0 < --min_extent <= --max_extent <= 1, got {min_extent} and {max_extent}")
-    if void_width < 0:
-        raise ValueError(f"--void_width must be >= 0, got {void_width}")
+    params = {"void_width": void_width, "min_extent": min_extent, "max_extent": max_extent, "max_objects": max_objects}
+    _check_params(num_train, num_val, size, seed, params)
     out = Path(out)
     _prepare_output(out)
 
@@ -342,17 +392,9 @@ def make_toy_voc(
     extents: list[int] = []
     for index, image_id in enumerate(ids):
         rgb, label, objects = render_toy_image(
-            index, seed, size, int(primary_classes[index]), float(primary_extents[index]),
-            min_extent, max_extent, void_width,
-        )  # fmt: skip
-        with atomic_path(out / "JPEGImages" / f"{image_id}.jpg") as tmp:
-            Image.fromarray(rgb).save(tmp, format="JPEG", quality=JPEG_QUALITY)
-        height, width = label.shape
-        atomic_write_text(out / "Annotations" / f"{image_id}.xml", _annotation_xml(image_id, width, height, objects))
-        save_png(out / "SegmentationClass" / f"{image_id}.png", label, palette)
-        if with_aug:
-            # The widely shared SegmentationClassAug masks are greyscale PNGs holding the same indices.
-            save_png(out / "SegmentationClassAug" / f"{image_id}.png", label)
+            index, seed, size, int(primary_classes[index]), float(primary_extents[index]), **params
+        )
+        _write_image(out, image_id, rgb, label, objects, palette, with_aug)
         for name, (xmin, ymin, xmax, ymax) in objects:
             class_counts[name] += 1
             extents.append(max(xmax - xmin, ymax - ymin) + 1)
@@ -369,37 +411,52 @@ def make_toy_voc(
         "num_objects": len(extents),
         "class_counts": class_counts,
         "extent_px": [min(extents), max(extents)],
-        "params": {
-            "num_train": num_train, "num_val": num_val, "size": size, "seed": seed, "with_aug": with_aug,
-            "void_width": void_width, "min_extent": min_extent, "max_extent": max_extent,
-        },
-    }  # fmt: skip
+        "params": {"num_train": num_train, "num_val": num_val, "size": size, "seed": seed, "with_aug": with_aug},
+    }
+    summary["params"].update(params)
     atomic_write_text(out / MARKER_FILE, json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+EXTENT = cli.float_range(0, 1, lo_open=True)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write a synthetic dataset in the PASCAL VOC 2012 layout.")
     parser.add_argument("--out", type=str, required=True, help="output folder (the --voc12_root of later stages)")
-    parser.add_argument("--num_train", type=int, default=100, help="images in ImageSets/Segmentation/train.txt")
-    parser.add_argument("--num_val", type=int, default=30, help="images in ImageSets/Segmentation/val.txt")
-    parser.add_argument("--size", type=int, default=256, help="long image side in px (short side 0.66-0.85 of it)")
-    parser.add_argument("--seed", type=int, default=0, help="same seed gives byte-identical files")
+    parser.add_argument(
+        "--num_train", type=cli.positive_int, default=100, help="images in ImageSets/Segmentation/train.txt"
+    )
+    parser.add_argument("--num_val", type=cli.positive_int, default=30, help="images in ImageSets/Segmentation/val.txt")
+    parser.add_argument(
+        "--size", type=cli.int_range(32), default=256, help="long image side in px, >= 32 (short side 0.66-0.85 of it)"
+    )
+    parser.add_argument("--seed", type=cli.nonneg_int, default=0, help="same seed gives byte-identical files")
     parser.add_argument(
         "--with_aug", action="store_true", help="also write SegmentationClassAug/ (greyscale PNGs, all images)"
     )
     parser.add_argument(
-        "--void_width", type=int, default=3, help="width in px of the 255 band drawn across every object boundary"
+        "--void_width",
+        type=cli.nonneg_int,
+        default=3,
+        help="width in px of the 255 band drawn across every object boundary",
     )
-    parser.add_argument("--min_extent", type=float, default=0.10, help="smallest object box, fraction of long side")
-    parser.add_argument("--max_extent", type=float, default=0.50, help="largest object box, fraction of long side")
+    parser.add_argument(
+        "--min_extent", type=EXTENT, default=0.10, help="smallest object box, fraction of long side in (0, 1]"
+    )
+    parser.add_argument(
+        "--max_extent", type=EXTENT, default=0.50, help="largest object box, fraction of long side in (0, 1]"
+    )
+    parser.add_argument(
+        "--max_objects", type=int, choices=OBJECTS_PER_IMAGE, default=3, help="at most this many objects per image"
+    )
     return parser
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     summary = make_toy_voc(
         args.out, args.num_train, args.num_val, args.size, args.seed, args.with_aug,
-        args.void_width, args.min_extent, args.max_extent,
+        args.void_width, args.min_extent, args.max_extent, args.max_objects,
     )  # fmt: skip
     print(
         f"toy VOC in {args.out}: {len(summary['train'])} train + {len(summary['val'])} val images, "
@@ -410,4 +467,4 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())
