@@ -6,7 +6,8 @@
         --test_server_dir submission --archive submission.tar.gz       # VOC evaluation server upload
     torchrun --nproc_per_node 4 infer_seg.py ...   # the list is split across ranks
 
-Per image, each of ``--scales`` (PIL bicubic resize) and its horizontal flip
+Per image, each of ``--scales`` (PIL bicubic resize, then the network's own
+``Net.normalize``: ImageNet mean/std for ResNet38, Caffe BGR means for VGG16) and its horizontal flip
 go through the network as one batch; the logits are resized bilinearly to the
 image, soft-maxed, un-flipped and averaged (:func:`infer_probs`). The label is
 their argmax, or with ``--crf`` the argmax of the dense-CRF marginals
@@ -44,7 +45,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from network import build_network
 from network.resnet38d import load_weights
-from tool import pyutils, torchutils
+from tool import cli, pyutils, torchutils
 from tool.crf import crf_inference
 from tool.fileio import atomic_path, remove_stale_temps, save_png
 from voc12.data import VOC12ImageDatasetMSF
@@ -59,17 +60,30 @@ SERVER_SUBDIR = Path("results", "VOC2012", "Segmentation", "comp6_test_cls")
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Segmentation inference: multi-scale + flip, optional dense CRF")
-    parser.add_argument("--weights", type=str, required=True, help="trained segmentation state dict (.pth)")
-    parser.add_argument("--network", type=str, default="network.resnet38_seg", help="network module, dotted name")
     parser.add_argument(
-        "--width_mult", type=float, default=1.0, help="channel width multiplier the weights were trained with"
+        "--weights",
+        type=str,
+        required=True,
+        help="trained segmentation weights (.pth state dict of train_seg.py; .params / .caffemodel need a head)",
+    )
+    parser.add_argument(
+        "--network",
+        type=str,
+        default="network.resnet38_seg",
+        help="network module, dotted name (network.resnet38_seg, network.vgg16_seg)",
+    )
+    parser.add_argument(
+        "--width_mult", type=cli.width_mult, default=1.0, help="channel width multiplier the weights were trained with"
     )
     parser.add_argument("--infer_list", type=str, default="voc12/val.txt", help="list of images to segment")
     parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder (JPEGImages, ...)")
     parser.add_argument(
-        "--scales", type=float, nargs="+", default=list(SEG_SCALES),
-        help="input scales, averaged (SEAM's retraining config: 0.5 0.75 1.0 1.25 1.5 1.75)",
-    )  # fmt: skip
+        "--scales",
+        type=cli.float_range(0, 4, lo_open=True),
+        nargs="+",
+        default=list(SEG_SCALES),
+        help="input scales in (0, 4], averaged (SEAM's retraining config: 0.5 0.75 1.0 1.25 1.5 1.75)",
+    )
     parser.add_argument("--no_flip", action="store_true", help="do not add the horizontal flip of every scale")
     parser.add_argument(
         "--crf", action="store_true",
@@ -84,7 +98,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--archive", type=str, default=None,
         help="with --test_server_dir: write this .tar.gz of its results/ tree once every image is done",
     )  # fmt: skip
-    parser.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes per rank")
+    parser.add_argument(
+        "--num_workers",
+        type=cli.worker_count,
+        default=cli.default_workers(8),
+        help="DataLoader worker processes per rank (default 8, at most the usable CPUs)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs all exist already")
     torchutils.add_device_args(parser)
     return parser
@@ -145,12 +164,12 @@ def write_archive(server_dir: str | Path, ids: list[str], archive: str | Path) -
     """Pack ``<server_dir>/results/...comp6_test_cls/<id>.png`` of every id into a .tar.gz; returns the file count.
 
     Member names start at ``results/``, the layout the VOC server unpacks. Refuses
-    (ValueError naming the first one) when any image of the list is missing.
+    (InputError naming the first one) when any image of the list is missing.
     """
     folder = Path(server_dir) / SERVER_SUBDIR
     missing = [i for i in ids if not (folder / f"{i}.png").is_file()]
     if missing:
-        raise ValueError(
+        raise cli.InputError(
             f"--archive: {len(missing)} of {len(ids)} predictions missing in {folder}; first: {missing[0]}"
         )
     with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
@@ -170,10 +189,11 @@ def load_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Modul
 
 def run_images(args: argparse.Namespace, todo: list[int], device: torch.device, is_main: bool) -> int:
     """Predict and write ``todo`` (indices into the list); returns how many images were processed."""
-    dataset = Subset(VOC12ImageDatasetMSF(args.infer_list, args.voc12_root, args.scales), todo)
-    # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
-    loader = DataLoader(dataset, batch_size=None, num_workers=args.num_workers, pin_memory=device.type == "cuda")
     model = load_model(args, device)
+    msf = VOC12ImageDatasetMSF(args.infer_list, args.voc12_root, args.scales, model.normalize)
+    # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
+    pin = device.type == "cuda"
+    loader = DataLoader(Subset(msf, todo), batch_size=None, num_workers=args.num_workers, pin_memory=pin)
     palette = voc_palette()
     done = 0
     with logging_redirect_tqdm():
@@ -202,17 +222,19 @@ def main(args: argparse.Namespace) -> dict:
         raise SystemExit("nothing to write: give --out_seg and/or --test_server_dir")
     if args.archive and not args.test_server_dir:
         raise SystemExit("--archive packs the --test_server_dir layout: give --test_server_dir too")
-    if not args.scales or min(args.scales) <= 0:
-        raise SystemExit(f"--scales must be positive numbers, got {args.scales}")
 
     # ---- this rank's images, minus the finished ones
-    ids = load_img_id_list(args.infer_list)
+    ids = load_img_id_list(args.infer_list, duplicates="warn")  # a repeated image is segmented once
     mine = torchutils.shard(list(range(len(ids))))
     todo = [i for i in mine if args.overwrite or not all(p.exists() for p in output_paths(args, ids[i]))]
     skipped = len(mine) - len(todo)
     if skipped:
         logger.info("%d of %d images already have every output; skipping them (--overwrite redoes them)",
                     skipped, len(mine))  # fmt: skip
+    if args.out_seg:
+        cli.check_output_dir(args.out_seg, "--out_seg")
+    if args.test_server_dir:
+        cli.check_output_dir(Path(args.test_server_dir) / SERVER_SUBDIR, "--test_server_dir")
     folders = {p.parent for p in output_paths(args, ids[0])}
     removed = remove_stale_temps(folders, {ids[i] for i in todo})
     if removed:
@@ -238,4 +260,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())

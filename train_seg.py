@@ -2,16 +2,20 @@
 
     python train_seg.py --voc12_root VOC2012 --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params \
         --label_dir out_rw --train_list voc12/train_aug.txt
+    python train_seg.py --network network.vgg16_seg --weights vgg16_20M.caffemodel --label_dir out_rw ...
     torchrun --nproc_per_node 4 train_seg.py ...same flags...   # --batch_size stays the total batch
 
 The last stage of the AffinityNet pipeline: a fully supervised segmentation
-network (``network.resnet38_seg``: ResNet38 + two dilation-12 convolutions)
+network (``network.resnet38_seg``: ResNet38 + two dilation-12 convolutions; or
+``--network network.vgg16_seg``, DeepLab-LargeFOV from ``vgg16_20M.caffemodel``)
 learns from the random-walk labels of ``infer_aff.py`` with pixel-wise cross
 entropy, 255 ignored. Defaults follow the ResNet38 retraining settings of SEAM
 (its authors' answer in SEAM issue #11 and the released configuration of their
 64.75 val model): SGD with momentum 0.9, lr 0.001 (new layers 10x), weight decay
 5e-4, poly power 0.9, batch 10, 20k iterations (19 epochs of the 10,582 train_aug
-images), random rescale 0.5-1.5, crop 448, flip and colour jitter.
+images), random rescale 0.5-1.5, crop 448, flip and colour jitter. Images are
+normalised by the network's own ``Net.normalize`` (ImageNet mean/std for
+ResNet38, Caffe BGR means for VGG16), in training and in the per-epoch scoring.
 """
 
 from __future__ import annotations
@@ -24,16 +28,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from network.resnet38_seg import segmentation_loss
-from tool import imutils, training
+from tool import cli, imutils, training
 from tool.fileio import load_label_png
 from tool.metrics import confusion, scores_from_confusion
 from tool.visualization import seg_panel
 from voc12.data import VOC12ImageDataset, VOC12SegDataset
-from voc12.voc import NUM_CLASSES, voc_palette
+from voc12.voc import NUM_CLASSES, load_img_id_list, voc_palette
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train the ResNet38 segmentation network on pseudo-label PNGs")
+    parser = argparse.ArgumentParser(description="Train a segmentation network (ResNet38, VGG16) on pseudo labels")
     training.add_training_args(
         parser,
         {
@@ -51,9 +55,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="folder of <id>.png training labels (class indices, 255 ignored): infer_aff.py --out_rw",
     )  # fmt: skip
     parser.add_argument(
-        "--scale_range", type=float, nargs=2, default=(0.5, 1.5), metavar=("LOW", "HIGH"),
-        help="random rescale factor range (SEAM config: 0.5 1.5)",
-    )  # fmt: skip
+        "--scale_range",
+        type=cli.float_range(0, 4, lo_open=True),
+        nargs=2,
+        default=(0.5, 1.5),
+        metavar=("LOW", "HIGH"),
+        action=cli.OrderedPair,
+        help="random rescale factor range, 0 < LOW <= HIGH <= 4 (SEAM config: 0.5 1.5)",
+    )
     parser.add_argument(
         "--no_color_jitter", action="store_true",
         help="switch off the colour jitter (brightness/contrast/saturation 0.3, hue 0.1; SEAM jitters HSV too)",
@@ -86,12 +95,13 @@ def vis_fn(writer, vis, step: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model, loader, gt_dir: Path, device) -> dict[str, float]:
-    """Single-scale mIoU (21 classes, percent) of the whole images of ``loader`` against ``gt_dir``."""
+def evaluate(model, loader, gt_dir: Path, device, normalize: imutils.Normalizer) -> dict[str, float]:
+    """Single-scale mIoU (21 classes, percent) of the whole images of ``loader`` against ``gt_dir``;
+    ``normalize`` is the network's own (``Net.normalize``; ``model`` may be a DDP wrapper without it)."""
     model.eval()
     conf = np.zeros((NUM_CLASSES, NUM_CLASSES + 1), dtype=np.int64)
     for image_id, image in loader:
-        x = torch.from_numpy(imutils.hwc_to_chw(imutils.normalize(image.numpy())))[None].to(device)
+        x = torch.from_numpy(imutils.hwc_to_chw(normalize(image.numpy())))[None].to(device)
         pred = model(x)[0].argmax(0).cpu().numpy()
         conf += confusion(load_label_png(gt_dir / f"{image_id}.png"), pred)
     scores = scores_from_confusion(conf)
@@ -99,22 +109,29 @@ def evaluate(model, loader, gt_dir: Path, device) -> dict[str, float]:
 
 
 def main(args: argparse.Namespace) -> dict:
+    if not Path(args.label_dir).is_dir():
+        raise cli.MissingFileError(f"--label_dir {args.label_dir}: not a folder (infer_aff.py --out_rw writes it)")
+    load_img_id_list(args.train_list)  # duplicate ids are an error here: they would weigh twice
+    val_ids = load_img_id_list(args.val_list) if args.val_list else None  # scored once each
+    model = training.build_model(args)
     dataset = VOC12SegDataset(
         args.train_list, args.voc12_root, args.label_dir, crop_size=args.crop_size,
-        scale_range=tuple(args.scale_range), color_jitter=not args.no_color_jitter,
+        scale_range=tuple(args.scale_range), color_jitter=not args.no_color_jitter, normalize=model.normalize,
     )  # fmt: skip
     val_fn = None
-    if args.val_list:
+    if val_ids is not None:
         gt_dir = Path(args.val_gt_dir) if args.val_gt_dir else Path(args.voc12_root) / "SegmentationClass"
+        if not gt_dir.is_dir():
+            raise cli.MissingFileError(f"--val_gt_dir {gt_dir}: not a folder (ground truth of --val_list)")
         # batch_size=None: whole images of different sizes, one by one.
-        val_loader = DataLoader(VOC12ImageDataset(args.val_list, args.voc12_root), batch_size=None)
+        val_loader = DataLoader(VOC12ImageDataset(args.val_list, args.voc12_root, ids=val_ids), batch_size=None)
+        normalize = model.normalize
 
         def val_fn(model, device):
-            return evaluate(model, val_loader, gt_dir, device)
+            return evaluate(model, val_loader, gt_dir, device, normalize)
 
-    model = training.build_model(args)
     return training.train(args, model, dataset, loss_fn, val_fn, vis_fn)
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())

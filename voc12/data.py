@@ -368,7 +368,7 @@ class VOC12SegDataset(Dataset):
     ``label_dir/<id>.png`` is a class-index PNG (palette or grey; 0 background,
     1..20 classes, 255 ignored), e.g. the random-walk output of ``infer_aff.py``
     or ``SegmentationClass`` itself. ``img`` is the (3, crop, crop) float32
-    normalised image, ``label`` the (crop, crop) int64 label.
+    image normalised by ``normalize`` (the network's ``Net.normalize``), ``label`` the (crop, crop) int64 label.
 
     Augmentation: joint random rescale by s ~ U(``scale_range``) (image bicubic,
     label nearest), optional colour jitter, normalise, joint horizontal flip,
@@ -384,15 +384,19 @@ class VOC12SegDataset(Dataset):
         crop_size: int = 448,
         scale_range: tuple[float, float] = (0.5, 1.5),
         color_jitter: bool = True,
+        normalize: imutils.Normalizer = imutils.normalize,
     ) -> None:
         if not 0 < scale_range[0] <= scale_range[1]:
             raise ValueError(f"scale range must satisfy 0 < low <= high, got {scale_range}")
-        self.ids = load_img_id_list(list_path)
+        self.ids = load_img_id_list(list_path)  # duplicates are an error: an image would weigh twice
         self.voc12_root = Path(voc12_root)
         self.label_dir = Path(label_dir)
+        if not self.label_dir.is_dir():
+            raise MissingFileError(f"label folder not found: {self.label_dir}")
         self.crop_size = crop_size
         self.scale_range = scale_range
         self.color_jitter = ColorJitter(**COLOR_JITTER) if color_jitter else None
+        self.normalize = normalize
         _require_files({i: jpeg_path(voc12_root, i) for i in self.ids}, "JPEG image", list_path)
         _require_files({i: self.label_dir / f"{i}.png" for i in self.ids}, f"label PNG (in {label_dir})", list_path)
 
@@ -405,14 +409,14 @@ class VOC12SegDataset(Dataset):
         try:
             label = load_label_png(path)
         except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: cannot read label PNG: {e}") from None
+            raise InputError(f"{path}: cannot read label PNG: {e}") from None
         if label.shape != (size[1], size[0]):
-            raise ValueError(
+            raise InputError(
                 f"{path}: label is {label.shape[1]}x{label.shape[0]} but image {image_id} is {size[0]}x{size[1]}"
             )
         bad = np.unique(label[(label >= NUM_CLASSES) & (label != IGNORE_INDEX)])
         if bad.size:
-            raise ValueError(
+            raise InputError(
                 f"{path}: label values {bad.tolist()[:10]} outside 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}"
             )
         return Image.fromarray(label.astype(np.uint8), mode="L")
@@ -425,7 +429,7 @@ class VOC12SegDataset(Dataset):
         img, label = imutils.random_scale(img, label, *self.scale_range, rng)
         if self.color_jitter is not None:
             img = self.color_jitter(img)
-        img_arr = imutils.normalize(np.asarray(img))
+        img_arr = self.normalize(np.asarray(img))
         img_arr, label_arr = imutils.random_hflip(img_arr, np.asarray(label), rng=rng)
         img_arr, label_arr = imutils.random_crop(
             img_arr, label_arr, crop_size=self.crop_size, rng=rng, fills=(0, IGNORE_INDEX)
