@@ -17,8 +17,10 @@ from torch import nn
 import evaluation
 import infer_seg
 import train_seg
-from network import resnet38_cls_ser
+from network import resnet38_cls_ser, vgg16_seg, vgg16d
 from network.resnet38_seg import Net, segmentation_loss
+from network.resnet38d import load_weights
+from tests.caffe_wire import caffemodel_of
 from tool import imutils
 from tool.fileio import load_label_png, save_png
 from tool.torchutils import make_optimizer
@@ -298,3 +300,92 @@ def test_infer_seg_needs_an_output(toy, seg_weights):
         infer_seg.main(infer_args(toy, seg_weights))
     with pytest.raises(SystemExit, match="--test_server_dir"):
         infer_seg.main(infer_args(toy, seg_weights, "--out_seg", "x", "--archive", "a.tar.gz"))
+
+
+# =============================================================================== VGG16 DeepLab-LargeFOV
+
+
+def test_vgg16_seg_is_deeplab_largefov_with_fc8_the_only_new_layer():
+    model = vgg16_seg.Net(width_mult=WIDTH).eval()
+    x = torch.randn(1, 3, 64, 52)
+    with torch.no_grad():
+        assert model.forward_logits(x).shape == (1, 21, 8, 7)  # output stride 8, ceil
+        assert model(x).shape == (1, 21, 64, 52)  # bilinear to the input size
+    assert model.fc6.kernel_size == (3, 3) and model.fc6.dilation == (12, 12) and model.fc6.padding == (12, 12)
+    assert (model.fc6.in_channels, model.fc6.out_channels) == (64, 128)  # 512 -> 1024 at 1/8
+    assert model.fc7.kernel_size == (1, 1) and model.fc8.kernel_size == (1, 1) and model.fc8.out_channels == 21
+    assert all(m.bias is not None for m in (model.fc6, model.fc7, model.fc8))
+    assert isinstance(model.drop6, nn.Dropout2d) and isinstance(model.drop7, nn.Dropout2d)
+    assert model.drop6.p == model.drop7.p == 0.5
+    assert model.fc8.weight.std().item() == pytest.approx(0.01, rel=0.1) and not model.fc8.bias.any()
+    # The 20M caffemodel's fc6 is 1024 x 512 x 3 x 3: pretrained, so in the 1x / 2x groups.
+    assert tuple(vgg16_seg.Net().fc6.weight.shape) == (1024, 512, 3, 3)
+    groups = [{id(p) for p in g} for g in model.parameter_groups()]
+    assert groups[2] == {id(model.fc8.weight)} and groups[3] == {id(model.fc8.bias)}
+    assert {id(model.fc6.weight), id(model.fc7.weight), id(model.conv3_1.weight)} <= groups[0]
+    assert {id(model.fc6.bias), id(model.fc7.bias)} <= groups[1]
+    frozen = [p for name in vgg16d.FROZEN_MODULES for p in getattr(model, name).parameters()]
+    assert (
+        frozen and not any(p.requires_grad for p in frozen) and not any(id(p) in set().union(*groups) for p in frozen)
+    )
+
+
+@pytest.fixture(scope="module")
+def vgg_caffemodel(tmp_path_factory) -> tuple[Path, dict]:
+    """A hand-built 1/8-width vgg16_20M.caffemodel: the backbone with fc6/fc7 and a 1000-class ImageNet fc8."""
+    torch.manual_seed(1)
+    state = dict(vgg16d.Net(width_mult=WIDTH).state_dict())
+    state["fc8.weight"] = torch.randn(1000, 128, 1, 1)
+    state["fc8.bias"] = torch.randn(1000)
+    path = tmp_path_factory.mktemp("vgg") / "vgg16_20M.caffemodel"
+    path.write_bytes(caffemodel_of(state))
+    return path, state
+
+
+def test_vgg16_seg_loads_fc6_fc7_from_the_caffemodel_and_keeps_its_fc8(vgg_caffemodel):
+    path, state = vgg_caffemodel
+    torch.manual_seed(0)
+    model = vgg16_seg.Net(width_mult=WIDTH)
+    fc8 = model.fc8.weight.detach().clone()
+    load_weights(model, path, allow_missing_head=True)
+    for name in ("conv1_1", "conv5_3", "fc6", "fc7"):
+        torch.testing.assert_close(getattr(model, name).weight.detach(), state[f"{name}.weight"], rtol=0, atol=0)
+        torch.testing.assert_close(getattr(model, name).bias.detach(), state[f"{name}.bias"], rtol=0, atol=0)
+    torch.testing.assert_close(model.fc8.weight.detach(), fc8, rtol=0, atol=0)  # the ImageNet classifier is ignored
+
+
+def test_vgg16_seg_trains_two_steps_from_a_caffemodel_and_infers(toy, vgg_caffemodel, tmp_path, one_thread):
+    path, state = vgg_caffemodel
+    argv = [
+        "--network", "network.vgg16_seg", "--weights", str(path), "--voc12_root", str(toy["root"]),
+        "--train_list", str(toy["train_list"]), "--label_dir", str(toy["root"] / "SegmentationClass"),
+        "--session_name", str(tmp_path / "vseg"), "--tblog_dir", "", "--width_mult", str(WIDTH),
+        "--crop_size", "48", "--batch_size", "2", "--max_epoches", "1", "--num_workers", "0", "--device", "cpu",
+        "--val_list", str(toy["val_list"]),
+    ]  # fmt: skip
+    summary = train_seg.main(train_seg.get_args_parser().parse_args(argv))
+    assert summary["step"] == summary["max_step"] == 2  # 4 images, batch 2
+    trained = torch.load(tmp_path / "vseg.pth", weights_only=True)
+    assert set(trained) == set(vgg16_seg.Net(width_mult=WIDTH).state_dict())
+    assert all(torch.isfinite(v).all() for v in trained.values())
+    torch.testing.assert_close(trained["conv1_1.weight"], state["conv1_1.weight"], rtol=0, atol=0)  # frozen
+    assert not torch.equal(trained["fc6.weight"], state["fc6.weight"])  # pretrained, and trained on
+    epoch = json.loads((tmp_path / "vseg_log.jsonl").read_text().splitlines()[-1])
+    assert 0.0 <= epoch["val_mIoU"] <= 100.0
+
+    args = infer_seg.get_args_parser().parse_args(
+        [
+            "--network", "network.vgg16_seg", "--weights", str(tmp_path / "vseg.pth"),
+            "--infer_list", str(toy["val_list"]), "--voc12_root", str(toy["root"]), "--width_mult", str(WIDTH),
+            "--num_workers", "0", "--device", "cpu", "--scales", "1.0", "0.5", "--out_seg", str(tmp_path / "out"),
+        ]
+    )  # fmt: skip
+    assert infer_seg.main(args)["done"] == len(load_img_id_list(toy["val_list"]))
+    # The inference normalised with the network's own (Caffe BGR-mean) normaliser, not ImageNet's.
+    model = infer_seg.load_model(args, torch.device("cpu"))
+    image_id = load_img_id_list(toy["val_list"])[0]
+    img = load_rgb(jpeg_path(toy["root"], image_id))
+    inputs = [torch.from_numpy(x) for x in imutils.msf_inputs(img, (1.0, 0.5), vgg16d.normalize)]
+    want = infer_seg.infer_probs(model, inputs, (img.height, img.width), torch.device("cpu")).argmax(0)
+    got = load_label_png(tmp_path / "out" / f"{image_id}.png")
+    np.testing.assert_array_equal(got, want)
