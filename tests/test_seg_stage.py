@@ -112,9 +112,11 @@ def test_random_scale_resizes_image_and_label_together():
     np.testing.assert_array_equal(np.asarray(big_label), np.kron([[1, 2], [3, 255]], np.ones((10, 20))))
 
 
-def test_seg_dataset_pads_the_label_with_ignore_and_keeps_it_aligned(toy):
+@pytest.mark.parametrize("normalize", [imutils.normalize, vgg16d.normalize], ids=["imagenet", "caffe"])
+def test_seg_dataset_pads_the_label_with_ignore_and_keeps_it_aligned(toy, normalize):
+    # The image is normalised by the network's own normaliser (Net.normalize), then padded with 0.
     dataset = VOC12SegDataset(toy["train_list"], toy["root"], toy["root"] / "SegmentationClass", crop_size=80,
-                              scale_range=(1.0, 1.0), color_jitter=False)  # fmt: skip
+                              scale_range=(1.0, 1.0), color_jitter=False, normalize=normalize)  # fmt: skip
     torch.manual_seed(0)
     flips = set()
     for index in range(len(dataset)):
@@ -124,7 +126,7 @@ def test_seg_dataset_pads_the_label_with_ignore_and_keeps_it_aligned(toy):
             assert label.shape == (80, 80) and label.dtype == torch.int64
             image_id = dataset.ids[index]
             gt = load_label_png(segmentation_path(toy["root"], image_id))
-            rgb = imutils.normalize(np.asarray(load_rgb(jpeg_path(toy["root"], image_id))))
+            rgb = normalize(np.asarray(load_rgb(jpeg_path(toy["root"], image_id))))
             h, w = gt.shape  # 48 x 64: the 80 x 80 crop pads both axes
             rows, cols = np.nonzero(np.abs(img.numpy()).sum(0) > 0)
             top, left = rows.min(), cols.min()
