@@ -283,15 +283,6 @@ def load_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Modul
     return model.eval().to(device)
 
 
-def _sum_over_ranks(values: list[int]) -> list[int]:
-    if not torchutils.is_distributed():
-        return values
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    counts = torch.tensor(values, dtype=torch.int64, device=device)
-    dist.all_reduce(counts)
-    return counts.tolist()
-
-
 def write_outputs(args: argparse.Namespace, item: dict, norm_cam: np.ndarray, crf_pool: CrfPool) -> None:
     """Every requested file of one image; the CRF ones are queued to the worker pool first so they overlap."""
     image = item["image"].numpy()  # (H, W, 3) uint8
@@ -376,7 +367,7 @@ def main(args: argparse.Namespace) -> dict:
 
     done = run_images(args, ids, todo, device, is_main) if todo else 0
 
-    done, skipped = _sum_over_ranks([done, skipped])
+    done, skipped = torchutils.sum_over_ranks([done, skipped])
     seconds = time.perf_counter() - start
     logger.info(
         "CAM inference: %d images done, %d skipped (outputs present), %.1f s (%.3f s per image done)",

@@ -27,8 +27,10 @@ from PIL import Image
 import evaluation
 import infer_aff
 import infer_cls_ser
+import infer_seg
 import train_aff
 import train_cls_ser
+import train_seg
 from network import resnet38_aff, resnet38_cls_ser, vgg16d
 from tests.caffe_wire import caffemodel_of
 from tool import cli, torchutils
@@ -251,6 +253,67 @@ def aff_train_args(w, tmp, *extra, la=None, weights=None):
         tmp / "sess",
         *extra,
     ]
+
+
+def seg_train_args(w, tmp, *extra, label_dir=None):
+    """train_seg.py from the SSENet checkpoint's backbone (its fc8 is another head's, ignored)."""
+    return [
+        "--train_list",
+        w["train_list"],
+        "--voc12_root",
+        w["root"],
+        "--weights",
+        w["base"] / "cls.pth",
+        "--label_dir",
+        label_dir or w["base"] / "pred",
+        "--width_mult",
+        WIDTH,
+        "--crop_size",
+        "48",
+        "--batch_size",
+        "2",
+        "--max_epoches",
+        "1",
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+        "--tblog_dir",
+        "",
+        "--session_name",
+        tmp / "sess",
+        *extra,
+    ]
+
+
+def seg_infer_args(w, tmp, *extra):
+    return [
+        "--weights",
+        w["base"] / "cls.pth",
+        "--infer_list",
+        w["train_list"],
+        "--voc12_root",
+        w["root"],
+        "--out_seg",
+        tmp / "seg",
+        "--width_mult",
+        WIDTH,
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
+def seg_labels_with_30(w, tmp: Path) -> Path:
+    """A copy of the label folder in which every image has one pixel of value 30 (no such class)."""
+    folder = tmp / "labels"
+    for image_id in w["ids"]:
+        label = load_label_png(w["base"] / "pred" / f"{image_id}.png").copy()
+        label[0, 0] = 30
+        save_png(folder / f"{image_id}.png", label)
+    return folder
 
 
 # --------------------------------------------------------------------------- bad files
@@ -612,6 +675,42 @@ CASES: dict[str, Callable] = {
         infer_cls_ser,
         cls_infer_args(w, "--network", "network.vgg19_cls_ser"),
         ["--network", "no such module"],
+    ),
+    # ---- train_seg / infer_seg (docs/method.md#segmentation)
+    "train_seg_no_label_dir": lambda w, t: (
+        train_seg,
+        seg_train_args(w, t, label_dir=t / "no_rw"),
+        ["--label_dir", "no_rw", "not a folder"],
+    ),
+    "train_seg_label_value_30": lambda w, t: (
+        train_seg,
+        seg_train_args(w, t, label_dir=seg_labels_with_30(w, t)),
+        [".png", "label values [30]", "outside 0..20"],
+    ),
+    "train_seg_flag_scale_range": lambda w, t: (
+        train_seg,
+        seg_train_args(w, t, "--scale_range", "1.5", "0.5"),
+        ["--scale_range", "MIN <= MAX"],
+    ),
+    "train_seg_duplicate_list": lambda w, t: (
+        train_seg,
+        seg_train_args(w, t, "--train_list", write_list(t, f"{w['ids'][0]}\n{w['ids'][0]}\n")),
+        ["list.txt", "duplicate"],
+    ),
+    "infer_seg_flag_scales_zero": lambda w, t: (
+        infer_seg,
+        seg_infer_args(w, t, "--scales", "1.0", "0"),
+        ["--scales", "(0, 4]"],
+    ),
+    "infer_seg_flag_scales_word": lambda w, t: (
+        infer_seg,
+        seg_infer_args(w, t, "--scales", "big"),
+        ["--scales", "'big'"],
+    ),
+    "infer_seg_weights_of_another_head": lambda w, t: (
+        infer_seg,
+        seg_infer_args(w, t),
+        ["--weights", "cls.pth"],
     ),
     # ---- the label cache (docs/formats.md#label-cache)
     "train_labels_other_root": lambda w, t: (

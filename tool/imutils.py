@@ -73,6 +73,21 @@ def random_resize_long(img: Image.Image, min_long: int, max_long: int, rng: np.r
     return resize_long(img, int(rng.integers(min_long, max_long + 1)))
 
 
+def random_scale(
+    img: Image.Image, label: Image.Image, low: float, high: float, rng: np.random.Generator
+) -> tuple[Image.Image, Image.Image]:
+    """Resize an image (bicubic) and its label map (nearest) by one factor drawn uniformly from [low, high].
+
+    Both sides become ``round(side * s)`` (at least 1), so the two stay pixel-aligned.
+    """
+    if img.size != label.size:
+        raise ValueError(f"image {img.size} and label {label.size} differ in size")
+    s = float(rng.uniform(low, high))
+    w, h = img.size
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return img.resize(size, resample=Image.BICUBIC), label.resize(size, resample=Image.NEAREST)
+
+
 class CropBox(NamedTuple):
     """Where a crop window meets the image: copy ``img[img_top:+h, img_left:+w]`` to
     ``canvas[cont_top:+h, cont_left:+w]`` of a zero ``crop_size`` x ``crop_size`` canvas."""
@@ -109,9 +124,9 @@ def center_crop_box(h: int, w: int, crop_size: int) -> CropBox:
     return CropBox(cont_top, cont_left, img_top, img_left, min(crop_size, h), min(crop_size, w))
 
 
-def apply_crop(arr: np.ndarray, box: CropBox, crop_size: int) -> np.ndarray:
-    """Cut ``box`` out of ``arr`` ((H, W) or (H, W, C)) onto a zero canvas of the same dtype."""
-    canvas = np.zeros((crop_size, crop_size, *arr.shape[2:]), dtype=arr.dtype)
+def apply_crop(arr: np.ndarray, box: CropBox, crop_size: int, fill: float = 0) -> np.ndarray:
+    """Cut ``box`` out of ``arr`` ((H, W) or (H, W, C)) onto a canvas of ``fill`` (default zero), same dtype."""
+    canvas = np.full((crop_size, crop_size, *arr.shape[2:]), fill, dtype=arr.dtype)
     canvas[box.cont_top : box.cont_top + box.h, box.cont_left : box.cont_left + box.w] = arr[
         box.img_top : box.img_top + box.h, box.img_left : box.img_left + box.w
     ]
@@ -128,18 +143,24 @@ def _check_same_hw(arrays: Sequence[np.ndarray]) -> tuple[int, int]:
     return h, w
 
 
-def random_crop(*arrays: np.ndarray, crop_size: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+def random_crop(
+    *arrays: np.ndarray, crop_size: int, rng: np.random.Generator, fills: Sequence[float] | None = None
+) -> tuple[np.ndarray, ...]:
     """Jointly crop arrays of the same (H, W) to ``crop_size`` x ``crop_size``.
 
     An axis shorter than the crop is pasted at a random offset into a zero
     canvas; the same window is used for every array, so an image and its label
     or score map stay aligned. Zero means zero in each array's own units: crop a
     normalised image to get zero after normalisation (SPEC 3), a uint8 image to
-    get black (SPEC 5).
+    get black (SPEC 5). ``fills`` gives each array its own canvas value instead
+    (e.g. ``(0, 255)``: a segmentation label padded with the ignore index).
     """
     h, w = _check_same_hw(arrays)
+    fills = (0,) * len(arrays) if fills is None else tuple(fills)
+    if len(fills) != len(arrays):
+        raise ValueError(f"random_crop got {len(arrays)} arrays but {len(fills)} fill values")
     box = random_crop_box(h, w, crop_size, rng)
-    return tuple(apply_crop(a, box, crop_size) for a in arrays)
+    return tuple(apply_crop(a, box, crop_size, f) for a, f in zip(arrays, fills, strict=True))
 
 
 def center_crop(*arrays: np.ndarray, crop_size: int) -> tuple[np.ndarray, ...]:

@@ -308,3 +308,13 @@ def shard(items: list, rank: int | None = None, world_size: int | None = None) -
     rank = get_rank() if rank is None else rank
     world_size = get_world_size() if world_size is None else world_size
     return items[rank::world_size]
+
+
+def sum_over_ranks(values: list[int]) -> list[int]:
+    """Element-wise sum of per-rank integer counts over all ranks (the values themselves without torchrun)."""
+    if not is_distributed():
+        return values
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    counts = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(counts)
+    return counts.tolist()

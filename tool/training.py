@@ -1,6 +1,6 @@
-"""The training driver shared by ``train_cls_ser.py`` and ``train_aff.py``.
+"""The training driver shared by ``train_cls_ser.py``, ``train_aff.py`` and ``train_seg.py``.
 
-Both scripts train a ResNet38 head with the reference's poly-LR SGD, the same
+The scripts train a ResNet38 head with the reference's poly-LR SGD, the same
 flags, checkpoints and logging; they differ only in the dataset, the loss and
 what they draw. So a script supplies those and calls ``train(...)``:
 
@@ -50,8 +50,12 @@ logger = logging.getLogger(__name__)
 
 
 def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
-    """The flags both training scripts share; ``defaults`` holds the script's reference values
-    (and optionally ``min_crop`` with ``min_crop_reason``)."""
+    """The flags the training scripts share; ``defaults`` holds the script's reference values.
+
+    Required keys: ``batch_size``, ``max_epoches``, ``network``, ``session_name``; optional:
+    ``lr`` (0.01), ``momentum`` (None = the reference quirk), ``crop_size`` (448),
+    ``min_crop`` (8) with ``min_crop_reason``.
+    """
     d = defaults
     parser.add_argument(
         "--batch_size", type=cli.positive_int, default=d["batch_size"], help="total batch over all devices (>= 1)"
@@ -63,8 +67,8 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
     parser.add_argument(
         "--lr",
         type=cli.float_range(0, 10, lo_open=True),
-        default=0.01,
-        help="base learning rate in (0, 10] (new layers get 10x)",
+        default=d.get("lr", 0.01),
+        help=f"base learning rate in (0, 10] (new layers get 10x; default {d.get('lr', 0.01)})",
     )
     parser.add_argument(
         "--num_workers",
@@ -73,14 +77,18 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
         help="DataLoader worker processes per rank (default 8, at most the usable CPUs)",
     )
     parser.add_argument("--wt_dec", type=cli.float_range(0, 1), default=5e-4, help="weight decay in [0, 1]")
+    momentum_default = (
+        "default: equal to --wt_dec, the reference's positional-argument quirk (0.9 fixes it)"
+        if d.get("momentum") is None
+        else f"default {d['momentum']}"
+    )
     parser.add_argument(
         "--sgd_momentum",
         "--momentum",
         dest="momentum",
         type=cli.float_range(0, 1, hi_open=True),
-        default=None,
-        help="SGD momentum in [0, 1) (not the poly power); default: equal to --wt_dec, the reference's "
-        "positional-argument quirk (0.9 fixes it)",
+        default=d.get("momentum"),
+        help=f"SGD momentum in [0, 1) (not the poly power); {momentum_default}",
     )
     parser.add_argument(
         "--optimizer",
@@ -114,11 +122,12 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
     parser.add_argument("--train_list", type=str, default="voc12/train_aug.txt", help="list of training images")
     parser.add_argument("--session_name", type=str, default=d["session_name"], help="output path prefix")
     min_crop = d.get("min_crop", 8)
+    crop_default = d.get("crop_size", 448)
     parser.add_argument(
         "--crop_size",
         type=cli.int_range(min_crop, 4096, why=d.get("min_crop_reason", "")),
-        default=448,
-        help=f"random crop side, pixels, {min_crop}..4096",
+        default=crop_default,
+        help=f"random crop side, pixels, {min_crop}..4096 (default {crop_default})",
     )
     parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder")
     parser.add_argument("--tblog_dir", type=str, default="./log", help="TensorBoard folder ('' disables)")

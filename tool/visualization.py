@@ -41,3 +41,10 @@ def cam_panel(
         cam = np.maximum(cams[k], 0)
         tiles.append(cam_overlay(image, cam / (cam.max() + 1e-5)))
     return np.transpose(np.concatenate(tiles, axis=1), (2, 0, 1))
+
+
+def seg_panel(image_chw: np.ndarray, label: np.ndarray, pred: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """A normalised (3, H, W) image beside its (H, W) label and prediction in ``palette`` colours: (3, H, 3W)."""
+    image = denormalize(np.transpose(image_chw, (1, 2, 0)))
+    tiles = [image, palette[label.astype(np.uint8)], palette[pred.astype(np.uint8)]]
+    return np.transpose(np.concatenate(tiles, axis=1), (2, 0, 1))

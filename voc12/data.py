@@ -3,6 +3,8 @@
 - :class:`VOC12ClsDataset` with :class:`TrainClsTransform` / :class:`ValClsTransform`:
   SSENet classification training and validation (SPEC 3).
 - :class:`VOC12ClsDatasetMSF`: multi-scale, flipped inputs for CAM inference (SPEC 4).
+- :class:`VOC12ImageDatasetMSF`: the same inputs without labels (segmentation inference).
+- :class:`VOC12SegDataset`: segmentation training on pseudo-label PNGs (docs/method.md#segmentation).
 - :class:`VOC12AffDataset`: AffinityNet training images with pair labels derived
   from the low/high-alpha CRF score files (SPEC 5); :func:`label_from_crf_scores`
   and :func:`affinity_labels` are the two steps of that derivation.
@@ -32,9 +34,9 @@ from torchvision.transforms import ColorJitter
 
 from tool import imutils
 from tool.cli import InputError, MissingFileError
-from tool.fileio import load_scores, missing_score_file_message, score_file
+from tool.fileio import load_label_png, load_scores, missing_score_file_message, score_file
 from tool.randomwalk import DEFAULT_RADIUS, from_region, pair_slices
-from voc12.voc import IGNORE_INDEX, NUM_FG_CLASSES, jpeg_path, load_img_id_list
+from voc12.voc import IGNORE_INDEX, NUM_CLASSES, NUM_FG_CLASSES, jpeg_path, load_img_id_list
 
 # SPEC 3 / 5 colour jitter, as in the reference (torchvision ColorJitter on the PIL image).
 COLOR_JITTER = {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.1}
@@ -164,27 +166,24 @@ class VOC12ClsDataset(Dataset):
         return image_id, img, torch.from_numpy(self.labels[index].copy())
 
 
-class VOC12ClsDatasetMSF(Dataset):
-    """Multi-scale inference inputs (SPEC 4). Items are dicts:
+class VOC12ImageDatasetMSF(Dataset):
+    """Multi-scale inference inputs of a list's images (SPEC 4; segmentation inference). Items are dicts:
 
     - ``"id"``: the image id;
     - ``"image"``: the original RGB image, (H, W, 3) uint8 tensor (for the CRF);
     - ``"inputs"``: per scale, a (2, 3, h_s, w_s) float32 tensor, the normalised
-      scaled image and its horizontal flip (see :func:`tool.imutils.msf_inputs`);
-    - ``"label"``: (20,) float32 image-level label.
+      scaled image and its horizontal flip (see :func:`tool.imutils.msf_inputs`).
     """
 
     def __init__(
         self,
         list_path: str | os.PathLike,
         voc12_root: str | os.PathLike,
-        labels: Mapping[str, np.ndarray],
         scales: Sequence[float] = MSF_SCALES,
         normalize: imutils.Normalizer = imutils.normalize,
     ) -> None:
         self.ids = load_img_id_list(list_path, duplicates="drop")
         self.voc12_root = Path(voc12_root)
-        self.labels = _label_matrix(self.ids, labels, list_path)
         self.scales = tuple(scales)
         self.normalize = normalize
         _require_files({i: jpeg_path(voc12_root, i) for i in self.ids}, "JPEG image", list_path)
@@ -199,8 +198,28 @@ class VOC12ClsDatasetMSF(Dataset):
             "id": image_id,
             "image": torch.from_numpy(np.array(img)),
             "inputs": [torch.from_numpy(x) for x in imutils.msf_inputs(img, self.scales, self.normalize)],
-            "label": torch.from_numpy(self.labels[index].copy()),
         }
+
+
+class VOC12ClsDatasetMSF(VOC12ImageDatasetMSF):
+    """:class:`VOC12ImageDatasetMSF` items plus ``"label"``, the (20,) float32 image-level label (SPEC 4)."""
+
+    def __init__(
+        self,
+        list_path: str | os.PathLike,
+        voc12_root: str | os.PathLike,
+        labels: Mapping[str, np.ndarray],
+        scales: Sequence[float] = MSF_SCALES,
+        normalize: imutils.Normalizer = imutils.normalize,
+    ) -> None:
+        # Labels are checked before the files, as in VOC12ClsDataset.
+        self.labels = _label_matrix(load_img_id_list(list_path, duplicates="drop"), labels, list_path)
+        super().__init__(list_path, voc12_root, scales, normalize)
+
+    def __getitem__(self, index: int) -> dict:
+        item = super().__getitem__(index)
+        item["label"] = torch.from_numpy(self.labels[index].copy())
+        return item
 
 
 def label_from_crf_scores(la_scores: np.ndarray, ha_scores: np.ndarray) -> np.ndarray:
@@ -341,3 +360,78 @@ class VOC12ImageDataset(Dataset):
     def __getitem__(self, index: int):
         image_id = self.ids[index]
         return image_id, torch.from_numpy(np.array(load_rgb(jpeg_path(self.voc12_root, image_id))))
+
+
+class VOC12SegDataset(Dataset):
+    """Segmentation training data (docs/method.md#segmentation): items are ``(img, label)``.
+
+    ``label_dir/<id>.png`` is a class-index PNG (palette or grey; 0 background,
+    1..20 classes, 255 ignored), e.g. the random-walk output of ``infer_aff.py``
+    or ``SegmentationClass`` itself. ``img`` is the (3, crop, crop) float32
+    image normalised by ``normalize`` (the network's ``Net.normalize``), ``label`` the (crop, crop) int64 label.
+
+    Augmentation: joint random rescale by s ~ U(``scale_range``) (image bicubic,
+    label nearest), optional colour jitter, normalise, joint horizontal flip,
+    joint random crop; the image is padded with 0 (after normalisation) and the
+    label with 255, so padding never counts in the loss.
+    """
+
+    def __init__(
+        self,
+        list_path: str | os.PathLike,
+        voc12_root: str | os.PathLike,
+        label_dir: str | os.PathLike,
+        crop_size: int = 448,
+        scale_range: tuple[float, float] = (0.5, 1.5),
+        color_jitter: bool = True,
+        normalize: imutils.Normalizer = imutils.normalize,
+    ) -> None:
+        if not 0 < scale_range[0] <= scale_range[1]:
+            raise ValueError(f"scale range must satisfy 0 < low <= high, got {scale_range}")
+        self.ids = load_img_id_list(list_path)  # duplicates are an error: an image would weigh twice
+        self.voc12_root = Path(voc12_root)
+        self.label_dir = Path(label_dir)
+        if not self.label_dir.is_dir():
+            raise MissingFileError(f"label folder not found: {self.label_dir}")
+        self.crop_size = crop_size
+        self.scale_range = scale_range
+        self.color_jitter = ColorJitter(**COLOR_JITTER) if color_jitter else None
+        self.normalize = normalize
+        _require_files({i: jpeg_path(voc12_root, i) for i in self.ids}, "JPEG image", list_path)
+        _require_files({i: self.label_dir / f"{i}.png" for i in self.ids}, f"label PNG (in {label_dir})", list_path)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load_label(self, image_id: str, size: tuple[int, int]) -> Image.Image:
+        """The label of ``image_id`` as a PIL "L" image, checked against the image ``size`` (W, H) and the classes."""
+        path = self.label_dir / f"{image_id}.png"
+        try:
+            label = load_label_png(path)
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path}: cannot read label PNG: {e}") from None
+        if label.shape != (size[1], size[0]):
+            raise InputError(
+                f"{path}: label is {label.shape[1]}x{label.shape[0]} but image {image_id} is {size[0]}x{size[1]}"
+            )
+        bad = np.unique(label[(label >= NUM_CLASSES) & (label != IGNORE_INDEX)])
+        if bad.size:
+            raise InputError(
+                f"{path}: label values {bad.tolist()[:10]} outside 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}"
+            )
+        return Image.fromarray(label.astype(np.uint8), mode="L")
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image_id = self.ids[index]
+        img = load_rgb(jpeg_path(self.voc12_root, image_id))
+        label = self.load_label(image_id, img.size)
+        rng = item_rng()
+        img, label = imutils.random_scale(img, label, *self.scale_range, rng)
+        if self.color_jitter is not None:
+            img = self.color_jitter(img)
+        img_arr = self.normalize(np.asarray(img))
+        img_arr, label_arr = imutils.random_hflip(img_arr, np.asarray(label), rng=rng)
+        img_arr, label_arr = imutils.random_crop(
+            img_arr, label_arr, crop_size=self.crop_size, rng=rng, fills=(0, IGNORE_INDEX)
+        )
+        return torch.from_numpy(imutils.hwc_to_chw(img_arr)), torch.from_numpy(label_arr.astype(np.int64))

@@ -1,0 +1,263 @@
+"""Segmentation inference: multi-scale, flipped predictions, optional dense CRF (docs/method.md#segmentation).
+
+    python infer_seg.py --weights resnet38_seg.pth --infer_list voc12/val.txt --voc12_root VOC2012 --out_seg out_seg
+    python evaluation.py --list voc12/val.txt --predict_dir out_seg --gt_dir VOC2012/SegmentationClass
+    python infer_seg.py --weights resnet38_seg.pth --infer_list voc12/test.txt --voc12_root VOC2012_test \
+        --test_server_dir submission --archive submission.tar.gz       # VOC evaluation server upload
+    torchrun --nproc_per_node 4 infer_seg.py ...   # the list is split across ranks
+
+Per image, each of ``--scales`` (PIL bicubic resize, then the network's own
+``Net.normalize``: ImageNet mean/std for ResNet38, Caffe BGR means for VGG16) and its horizontal flip
+go through the network as one batch; the logits are resized bilinearly to the
+image, soft-maxed, un-flipped and averaged (:func:`infer_probs`). The label is
+their argmax, or with ``--crf`` the argmax of the dense-CRF marginals
+(``tool/crf.py``) started from them.
+
+Outputs, one palette PNG (VOC colours, class indices 0..20) per image, written
+atomically:
+
+- ``--out_seg``: ``<out_seg>/<id>.png``, the layout ``evaluation.py`` scores;
+- ``--test_server_dir``: ``<dir>/results/VOC2012/Segmentation/comp6_test_cls/<id>.png``,
+  the layout the PASCAL VOC evaluation server expects ("comp6": trained with
+  data beyond VOC's own labels, here ImageNet weights); ``--archive`` packs that
+  ``results/`` tree into a ``.tar.gz`` to upload once every image of the list is there.
+
+An image whose requested outputs all exist is skipped (``--overwrite`` redoes
+it); leftover temporary files of a killed run are removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from network import build_network
+from network.resnet38d import load_weights
+from tool import cli, pyutils, torchutils
+from tool.crf import crf_inference
+from tool.fileio import atomic_path, remove_stale_temps, save_png
+from voc12.data import VOC12ImageDatasetMSF
+from voc12.voc import load_img_id_list, voc_palette
+
+logger = logging.getLogger(__name__)
+
+# SEAM's released ResNet38 retraining configuration tests at these scales, with flips.
+SEG_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+SERVER_SUBDIR = Path("results", "VOC2012", "Segmentation", "comp6_test_cls")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Segmentation inference: multi-scale + flip, optional dense CRF")
+    parser.add_argument(
+        "--weights",
+        type=str,
+        required=True,
+        help="trained segmentation weights (.pth state dict of train_seg.py; .params / .caffemodel need a head)",
+    )
+    parser.add_argument(
+        "--network",
+        type=str,
+        default="network.resnet38_seg",
+        help="network module, dotted name (network.resnet38_seg, network.vgg16_seg)",
+    )
+    parser.add_argument(
+        "--width_mult", type=cli.width_mult, default=1.0, help="channel width multiplier the weights were trained with"
+    )
+    parser.add_argument("--infer_list", type=str, default="voc12/val.txt", help="list of images to segment")
+    parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder (JPEGImages, ...)")
+    parser.add_argument(
+        "--scales",
+        type=cli.float_range(0, 4, lo_open=True),
+        nargs="+",
+        default=list(SEG_SCALES),
+        help="input scales in (0, 4], averaged (SEAM's retraining config: 0.5 0.75 1.0 1.25 1.5 1.75)",
+    )
+    parser.add_argument("--no_flip", action="store_true", help="do not add the horizontal flip of every scale")
+    parser.add_argument(
+        "--crf", action="store_true",
+        help="refine the averaged probabilities with the dense CRF of tool/crf.py (SEAM's config tests with a CRF)",
+    )  # fmt: skip
+    parser.add_argument("--out_seg", type=str, default=None, help="folder for <id>.png palette label maps")
+    parser.add_argument(
+        "--test_server_dir", type=str, default=None,
+        help="folder for the VOC server layout results/VOC2012/Segmentation/comp6_test_cls/<id>.png",
+    )  # fmt: skip
+    parser.add_argument(
+        "--archive", type=str, default=None,
+        help="with --test_server_dir: write this .tar.gz of its results/ tree once every image is done",
+    )  # fmt: skip
+    parser.add_argument(
+        "--num_workers",
+        type=cli.worker_count,
+        default=cli.default_workers(8),
+        help="DataLoader worker processes per rank (default 8, at most the usable CPUs)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs all exist already")
+    torchutils.add_device_args(parser)
+    return parser
+
+
+# --------------------------------------------------------------------------- the method
+
+
+@torch.inference_mode()
+def infer_probs(
+    model: torch.nn.Module,
+    inputs: list[torch.Tensor],
+    size: tuple[int, int],
+    device: torch.device,
+    flip: bool = True,
+    amp: bool = False,
+) -> np.ndarray:
+    """Class probabilities of one image averaged over scales (and flips): (21, H, W) float32, summing to 1.
+
+    ``inputs`` holds one (2, 3, h_s, w_s) tensor per scale (the scaled image and
+    its horizontal flip, :func:`tool.imutils.msf_inputs`); ``size`` is the
+    original (H, W). Each prediction is resized (bilinear) before the softmax.
+    """
+    probs = None
+    count = 0
+    for pair in inputs:
+        batch = pair if flip else pair[:1]
+        with torchutils.autocast(device, amp):
+            logits = model(batch.to(device, non_blocking=True))  # (B, 21, h_s, w_s)
+        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+        p = torch.softmax(logits, dim=1)
+        p_sum = p[0] + p[1].flip(-1) if flip else p[0]
+        probs = p_sum if probs is None else probs + p_sum
+        count += len(batch)
+    return (probs / count).cpu().numpy()
+
+
+def segment(probs: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) uint8 label map: argmax of ``probs`` (C, H, W), after the dense CRF on ``image`` when one is given."""
+    if image is not None:
+        probs = crf_inference(image, probs)
+    return probs.argmax(axis=0).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- outputs on disk
+
+
+def output_paths(args: argparse.Namespace, image_id: str) -> list[Path]:
+    paths = []
+    if args.out_seg:
+        paths.append(Path(args.out_seg) / f"{image_id}.png")
+    if args.test_server_dir:
+        paths.append(Path(args.test_server_dir) / SERVER_SUBDIR / f"{image_id}.png")
+    return paths
+
+
+def write_archive(server_dir: str | Path, ids: list[str], archive: str | Path) -> int:
+    """Pack ``<server_dir>/results/...comp6_test_cls/<id>.png`` of every id into a .tar.gz; returns the file count.
+
+    Member names start at ``results/``, the layout the VOC server unpacks. Refuses
+    (InputError naming the first one) when any image of the list is missing.
+    """
+    folder = Path(server_dir) / SERVER_SUBDIR
+    missing = [i for i in ids if not (folder / f"{i}.png").is_file()]
+    if missing:
+        raise cli.InputError(
+            f"--archive: {len(missing)} of {len(ids)} predictions missing in {folder}; first: {missing[0]}"
+        )
+    with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        for image_id in sorted(ids):
+            tar.add(folder / f"{image_id}.png", arcname=(SERVER_SUBDIR / f"{image_id}.png").as_posix())
+    return len(ids)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def load_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    model = build_network(args.network, args.width_mult)
+    load_weights(model, args.weights, allow_missing_head=False)
+    return model.eval().to(device)
+
+
+def run_images(args: argparse.Namespace, todo: list[int], device: torch.device, is_main: bool) -> int:
+    """Predict and write ``todo`` (indices into the list); returns how many images were processed."""
+    model = load_model(args, device)
+    msf = VOC12ImageDatasetMSF(args.infer_list, args.voc12_root, args.scales, model.normalize)
+    # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
+    pin = device.type == "cuda"
+    loader = DataLoader(Subset(msf, todo), batch_size=None, num_workers=args.num_workers, pin_memory=pin)
+    palette = voc_palette()
+    done = 0
+    with logging_redirect_tqdm():
+        for item in tqdm(loader, desc="segmentation", disable=not is_main):
+            image = item["image"].numpy()  # (H, W, 3) uint8
+            probs = infer_probs(model, item["inputs"], image.shape[:2], device, not args.no_flip, args.amp)
+            label = segment(probs, image if args.crf else None)
+            for path in output_paths(args, item["id"]):
+                save_png(path, label, palette)
+            done += 1
+    return done
+
+
+def main(args: argparse.Namespace) -> dict:
+    start = time.perf_counter()
+    joined_here = not torchutils.is_distributed() and torchutils.init_distributed()
+    is_main = torchutils.is_main_process()
+    pyutils.setup_logger(None, is_main)
+    device = torchutils.get_device(args.device)
+    logger.info("args: %s", json.dumps(vars(args), default=str))
+    logger.info(
+        "git %s, torch %s, device %s, world size %d",
+        pyutils.git_sha(), torch.__version__, device, torchutils.get_world_size(),
+    )  # fmt: skip
+    if not (args.out_seg or args.test_server_dir):
+        raise SystemExit("nothing to write: give --out_seg and/or --test_server_dir")
+    if args.archive and not args.test_server_dir:
+        raise SystemExit("--archive packs the --test_server_dir layout: give --test_server_dir too")
+
+    # ---- this rank's images, minus the finished ones
+    ids = load_img_id_list(args.infer_list, duplicates="warn")  # a repeated image is segmented once
+    mine = torchutils.shard(list(range(len(ids))))
+    todo = [i for i in mine if args.overwrite or not all(p.exists() for p in output_paths(args, ids[i]))]
+    skipped = len(mine) - len(todo)
+    if skipped:
+        logger.info("%d of %d images already have every output; skipping them (--overwrite redoes them)",
+                    skipped, len(mine))  # fmt: skip
+    if args.out_seg:
+        cli.check_output_dir(args.out_seg, "--out_seg")
+    if args.test_server_dir:
+        cli.check_output_dir(Path(args.test_server_dir) / SERVER_SUBDIR, "--test_server_dir")
+    folders = {p.parent for p in output_paths(args, ids[0])}
+    removed = remove_stale_temps(folders, {ids[i] for i in todo})
+    if removed:
+        logger.info("removed %d temporary files left by an interrupted run", removed)
+
+    done = run_images(args, todo, device, is_main) if todo else 0
+    done, skipped = torchutils.sum_over_ranks([done, skipped])  # also waits for every rank to finish
+
+    archived = None
+    if args.archive and is_main:
+        archived = write_archive(args.test_server_dir, ids, args.archive)
+        logger.info("wrote %s (%d predictions) for the VOC evaluation server", args.archive, archived)
+    seconds = time.perf_counter() - start
+    logger.info(
+        "segmentation: %d images done, %d skipped (outputs present), %.1f s (%.3f s per image done)",
+        done, skipped, seconds, seconds / max(done, 1),
+    )  # fmt: skip
+    if torchutils.is_distributed():
+        dist.barrier()  # the other ranks wait for the archive
+    if joined_here:
+        dist.destroy_process_group()
+    return {"images": len(ids), "done": done, "skipped": skipped, "archived": archived, "seconds": seconds}
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser())

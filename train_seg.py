@@ -1,0 +1,137 @@
+"""Train the segmentation network on pseudo labels (docs/method.md#segmentation).
+
+    python train_seg.py --voc12_root VOC2012 --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params \
+        --label_dir out_rw --train_list voc12/train_aug.txt
+    python train_seg.py --network network.vgg16_seg --weights vgg16_20M.caffemodel --label_dir out_rw ...
+    torchrun --nproc_per_node 4 train_seg.py ...same flags...   # --batch_size stays the total batch
+
+The last stage of the AffinityNet pipeline: a fully supervised segmentation
+network (``network.resnet38_seg``: ResNet38 + two dilation-12 convolutions; or
+``--network network.vgg16_seg``, DeepLab-LargeFOV from ``vgg16_20M.caffemodel``)
+learns from the random-walk labels of ``infer_aff.py`` with pixel-wise cross
+entropy, 255 ignored. Defaults follow the ResNet38 retraining settings of SEAM
+(its authors' answer in SEAM issue #11 and the released configuration of their
+64.75 val model): SGD with momentum 0.9, lr 0.001 (new layers 10x), weight decay
+5e-4, poly power 0.9, batch 10, 20k iterations (19 epochs of the 10,582 train_aug
+images), random rescale 0.5-1.5, crop 448, flip and colour jitter. Images are
+normalised by the network's own ``Net.normalize`` (ImageNet mean/std for
+ResNet38, Caffe BGR means for VGG16), in training and in the per-epoch scoring.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from network.resnet38_seg import segmentation_loss
+from tool import cli, imutils, training
+from tool.fileio import load_label_png
+from tool.metrics import confusion, scores_from_confusion
+from tool.visualization import seg_panel
+from voc12.data import VOC12ImageDataset, VOC12SegDataset
+from voc12.voc import NUM_CLASSES, load_img_id_list, voc_palette
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train a segmentation network (ResNet38, VGG16) on pseudo labels")
+    training.add_training_args(
+        parser,
+        {
+            "batch_size": 10,  # SEAM issue #11 / released config: TRAIN_BATCHES 10
+            "max_epoches": 19,  # 20k iterations x batch 10 over 10,582 train_aug images = 18.9 epochs
+            "network": "network.resnet38_seg",
+            "session_name": "resnet38_seg",
+            "lr": 0.001,  # SEAM: TRAIN_LR 0.001, new layers 10x
+            "momentum": 0.9,  # SEAM: TRAIN_MOMENTUM 0.9 (no positional quirk in that code)
+            "crop_size": 448,  # SEAM config: DATA_RANDOMCROP 448 (its authors also mention 321)
+        },
+    )
+    parser.add_argument(
+        "--label_dir", type=str, required=True,
+        help="folder of <id>.png training labels (class indices, 255 ignored): infer_aff.py --out_rw",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scale_range",
+        type=cli.float_range(0, 4, lo_open=True),
+        nargs=2,
+        default=(0.5, 1.5),
+        metavar=("LOW", "HIGH"),
+        action=cli.OrderedPair,
+        help="random rescale factor range, 0 < LOW <= HIGH <= 4 (SEAM config: 0.5 1.5)",
+    )
+    parser.add_argument(
+        "--no_color_jitter", action="store_true",
+        help="switch off the colour jitter (brightness/contrast/saturation 0.3, hue 0.1; SEAM jitters HSV too)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--val_list", type=str, default="", help="images scored (single scale, mIoU) after each epoch ('' skips)"
+    )
+    parser.add_argument(
+        "--val_gt_dir",
+        type=str,
+        default=None,
+        help="ground truth of --val_list (default: <voc12_root>/SegmentationClass)",
+    )
+    return parser
+
+
+def loss_fn(model, batch, device):
+    images, labels = (t.to(device, non_blocking=True) for t in batch)
+    logits = model(images)  # (N, 21, crop, crop)
+    loss = segmentation_loss(logits, labels)
+    vis = {"image": images[0], "label": labels[0], "logits": logits[0]}
+    return loss, {"loss": loss.item()}, vis
+
+
+def vis_fn(writer, vis, step: int) -> None:
+    """Image, training label and prediction of the first image of the batch."""
+    pred = vis["logits"].detach().argmax(0).cpu().numpy()
+    panel = seg_panel(vis["image"].float().cpu().numpy(), vis["label"].cpu().numpy(), pred, voc_palette())
+    writer.add_image("segmentation", panel, step)
+
+
+@torch.no_grad()
+def evaluate(model, loader, gt_dir: Path, device, normalize: imutils.Normalizer) -> dict[str, float]:
+    """Single-scale mIoU (21 classes, percent) of the whole images of ``loader`` against ``gt_dir``;
+    ``normalize`` is the network's own (``Net.normalize``; ``model`` may be a DDP wrapper without it)."""
+    model.eval()
+    conf = np.zeros((NUM_CLASSES, NUM_CLASSES + 1), dtype=np.int64)
+    for image_id, image in loader:
+        x = torch.from_numpy(imutils.hwc_to_chw(normalize(image.numpy())))[None].to(device)
+        pred = model(x)[0].argmax(0).cpu().numpy()
+        conf += confusion(load_label_png(gt_dir / f"{image_id}.png"), pred)
+    scores = scores_from_confusion(conf)
+    return {"mIoU": 100 * scores["mIoU"], "mIoU_foreground": 100 * scores["mIoU_foreground"]}
+
+
+def main(args: argparse.Namespace) -> dict:
+    if not Path(args.label_dir).is_dir():
+        raise cli.MissingFileError(f"--label_dir {args.label_dir}: not a folder (infer_aff.py --out_rw writes it)")
+    load_img_id_list(args.train_list)  # duplicate ids are an error here: they would weigh twice
+    val_ids = load_img_id_list(args.val_list) if args.val_list else None  # scored once each
+    model = training.build_model(args)
+    dataset = VOC12SegDataset(
+        args.train_list, args.voc12_root, args.label_dir, crop_size=args.crop_size,
+        scale_range=tuple(args.scale_range), color_jitter=not args.no_color_jitter, normalize=model.normalize,
+    )  # fmt: skip
+    val_fn = None
+    if val_ids is not None:
+        gt_dir = Path(args.val_gt_dir) if args.val_gt_dir else Path(args.voc12_root) / "SegmentationClass"
+        if not gt_dir.is_dir():
+            raise cli.MissingFileError(f"--val_gt_dir {gt_dir}: not a folder (ground truth of --val_list)")
+        # batch_size=None: whole images of different sizes, one by one.
+        val_loader = DataLoader(VOC12ImageDataset(args.val_list, args.voc12_root, ids=val_ids), batch_size=None)
+        normalize = model.normalize
+
+        def val_fn(model, device):
+            return evaluate(model, val_loader, gt_dir, device, normalize)
+
+    return training.train(args, model, dataset, loss_fn, val_fn, vis_fn)
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser())
