@@ -1,4 +1,4 @@
-"""Evaluate predicted masks or CAM score files against VOC ground truth (SPEC section 7).
+"""Evaluate predicted masks or CAM score files against VOC ground truth (docs/method.md#evaluation).
 
 Scores are the reference's: per pixel with ground truth != 255, counts over the
 21 classes accumulated over the list; IoU_c = TP / (T + P - TP + 1e-10) and the
@@ -47,7 +47,7 @@ class EvaluationError(InputError):
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="mIoU of predicted masks or CAM score files (SPEC section 7)",
+        description="mIoU of predicted masks or CAM score files (docs/method.md#evaluation)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(

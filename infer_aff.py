@@ -1,4 +1,4 @@
-"""Random-walk propagation of CAMs with AffinityNet (SPEC section 6).
+"""Random-walk propagation of CAMs with AffinityNet (docs/method.md#random-walk).
 
     python infer_aff.py --weights resnet38_aff.pth --infer_list voc12/train.txt \
         --cam_dir out_cam --voc12_root VOC2012 --out_rw out_rw

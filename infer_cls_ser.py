@@ -1,4 +1,4 @@
-"""SSENet CAM inference: multi-scale flipped CAMs, CAM predictions and low/high-alpha CRF scores (SPEC section 4).
+"""SSENet CAM inference: multi-scale flipped CAMs, CAM predictions, CRF scores (docs/method.md#ssenet-inference).
 
     python infer_cls_ser.py --weights resnet38_cls_ser.pth --infer_list voc12/train.txt --voc12_root VOC2012 \
         --out_cam out_cam --out_crf out_crf --out_cam_pred out_cam_pred

@@ -1,4 +1,4 @@
-"""Train AffinityNet from the CRF-refined CAMs (SPEC section 5).
+"""Train AffinityNet from the CRF-refined CAMs (docs/method.md#affinitynet).
 
     python train_aff.py --voc12_root VOC2012 --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params \
         --la_crf_dir out_crf_4.0 --ha_crf_dir out_crf_24.0

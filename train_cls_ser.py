@@ -1,4 +1,4 @@
-"""Train the SSENet CAM network (SPEC section 3).
+"""Train the SSENet CAM network (docs/method.md#ssenet-training).
 
     python train_cls_ser.py --voc12_root VOC2012 --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params
 

@@ -1,4 +1,4 @@
-"""Benchmark of ``infer_cls_ser.py`` (SPEC section 4) against a reference-style serial loop.
+"""Benchmark of ``infer_cls_ser.py`` (docs/method.md#ssenet-inference) against a reference-style serial loop.
 
 On a toy VOC set (``voc12.make_toy_voc``) and a random-init 1/8-width SSENet,
 both write the same outputs (CAM ``.npz``, CAM prediction PNG, CRF scores for

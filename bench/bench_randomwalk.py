@@ -1,4 +1,4 @@
-"""Benchmark of the random walk (SPEC section 6): the reference dense algorithm against ours.
+"""Benchmark of the random walk (docs/method.md#random-walk): the reference dense algorithm against ours.
 
 The reference builds the dense N x N transition matrix T and squares it logt
 times; ``tool.randomwalk.propagate`` (sparse mode) multiplies by a sparse T
@@ -95,7 +95,7 @@ def make_inputs(h: int, w: int, channels: int, kind: str, seed: int) -> tuple[np
 
 
 def ground_truth(aff: np.ndarray, cams: np.ndarray, beta: float, logt: int) -> np.ndarray:
-    """v T^(2^logt) in float64 by 2^logt scipy sparse products (SPEC 6, written independently)."""
+    """v T^(2^logt) in float64 by 2^logt scipy sparse products (docs/method.md#random-walk, written independently)."""
     c, h, w = cams.shape
     idx_from, idx_to = pair_indices(h, w)
     pix_from = np.broadcast_to(idx_from, idx_to.shape).reshape(-1)

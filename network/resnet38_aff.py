@@ -1,4 +1,4 @@
-"""AffinityNet on ResNet38 (Ahn & Kwak, CVPR 2018; SPEC section 5).
+"""AffinityNet on ResNet38 (Ahn & Kwak, CVPR 2018; docs/method.md#affinitynet).
 
 Features from three depths are embedded, concatenated and compared pairwise:
 the affinity of two stride-8 grid pixels is ``exp(-mean_c |f_i - f_j|)`` for
@@ -71,7 +71,7 @@ def dense_affinity_matrix(aff: torch.Tensor, h: int, w: int, radius: int = DEFAU
 def affinity_loss(
     aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor, eps: float = 1e-5
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``L = L_bg / 4 + L_fg / 4 + L_neg / 2`` (SPEC section 5).
+    """``L = L_bg / 4 + L_fg / 4 + L_neg / 2`` (docs/method.md#affinitynet).
 
     ``L_bg``, ``L_fg``: mean ``-log(a + eps)`` over background / foreground positive
     pairs; ``L_neg``: mean ``-log(1 + eps - a)`` over negative pairs. All tensors

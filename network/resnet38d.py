@@ -1,4 +1,4 @@
-"""ResNet38 backbone ("wide ResNet-38, a1", Wu et al. 2016), output stride 8 (SPEC section 1).
+"""ResNet38 backbone ("wide ResNet-38, a1", Wu et al. 2016), output stride 8 (docs/method.md#resnet38).
 
 Pre-activation residual blocks: each block's BatchNorm + ReLU output feeds both
 its residual path and, when the shape changes, its 1x1 shortcut. The last three
@@ -41,7 +41,7 @@ class ResBlock(nn.Module):
         super().__init__()
         first_dilation = dilation if first_dilation is None else first_dilation
         self.same_shape = in_ch == out_ch and stride == 1
-        # Registration order fixes the state-dict order of spec/resnet38_*_keys.txt.
+        # Registration order fixes the state-dict order of tests/data/resnet38_*_keys.txt.
         self.bn_branch2a = nn.BatchNorm2d(in_ch)
         self.conv_branch2a = nn.Conv2d(
             in_ch, mid_ch, 3, stride, padding=first_dilation, dilation=first_dilation, bias=False

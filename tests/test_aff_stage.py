@@ -1,4 +1,4 @@
-"""AffinityNet stage: the affinity loss, train_aff.py and infer_aff.py (SPEC sections 5 and 6)."""
+"""AffinityNet stage: the affinity loss, train_aff.py and infer_aff.py (docs/method.md#affinitynet, #random-walk)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of voc12/data.py: affinity labels and the three datasets on a tiny fake VOC tree (SPEC 3, 4, 5)."""
+"""voc12/data.py: affinity labels, datasets (docs/method.md#ssenet-training, #ssenet-inference, #affinitynet)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def test_affinity_labels_hand_counts():
 
 
 def test_affinity_labels_match_pair_loop():
-    # Plain per-pair definition from SPEC 5 over tool.randomwalk's flat pair indices.
+    # Plain per-pair definition from docs/method.md#affinity-labels over tool.randomwalk's flat pair indices.
     rng = np.random.default_rng(0)
     label = rng.choice(np.array([0, 2, 7, 255], np.uint8), size=(13, 16), p=[0.4, 0.25, 0.25, 0.1])
     idx_from, idx_to = pair_indices(13, 16)

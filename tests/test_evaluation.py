@@ -1,4 +1,4 @@
-"""Tests of the evaluation maths (tool/metrics.py) and the evaluation.py script (SPEC section 7)."""
+"""Tests of the evaluation maths (tool/metrics.py) and the evaluation.py script (docs/method.md#evaluation)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ N = 21
 
 
 # ----------------------------------------------------------------------------
-# Plain implementations written from SPEC section 7, to compare against
+# Plain implementations written from docs/method.md#evaluation, to compare against
 # ----------------------------------------------------------------------------
 def naive_counts(pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """T, P, TP per class with one boolean mask per class, like the reference."""

@@ -1,4 +1,4 @@
-"""Tests of tool/imutils.py and tool/crf.py (SPEC 3, 4, 5)."""
+"""Tests of tool/imutils.py and tool/crf.py (docs/method.md#ssenet-training, #ssenet-inference, #affinitynet)."""
 
 from __future__ import annotations
 

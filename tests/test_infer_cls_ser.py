@@ -1,4 +1,4 @@
-"""Tests of infer_cls_ser.py (SPEC section 4): the CAM maths, the files it writes, skipping, atomicity, sharding.
+"""infer_cls_ser.py (docs/method.md#ssenet-inference): the CAM maths, its files, skipping, atomicity, sharding.
 
 A 3-image toy VOC tree (64 px) and a random-init Net(width_mult=1/8) keep every run to a few seconds on a CPU.
 """
@@ -113,7 +113,7 @@ def test_infer_cams_equals_direct_computation():
 
     norm_cam = infer_cls_ser.infer_cams(model, inputs, label, (37, 50), torch.device("cpu"))
 
-    # SPEC 4 written out: 8 separate forwards of one image, ReLU, resize to 37 x 50, mask, un-flip, sum, max-normalise.
+    # docs/method.md#ssenet-inference by hand: 8 forwards, ReLU, resize to 37 x 50, mask, un-flip, sum, max-norm.
     total = torch.zeros(20, 37, 50)
     raw_min = np.inf
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""The SSENet loss, the reference optimiser and the shared training driver (SPEC sections 2 and 3).
+"""SSENet loss, reference optimiser, shared training driver (docs/method.md#ssenet-network, #ssenet-training).
 
 The loss and optimiser tests compare against hand computations and the reference vector
 ``poly_optimizer.npz``. The driver tests train the width-1/8 network for a few steps on a
@@ -127,7 +127,7 @@ def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 def _numpy_ssenet_parts(x: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> dict[str, float]:
-    """SPEC section 3 written out in float64 NumPy for RampModel on a 7x7 input with branch rate 0.5."""
+    """docs/method.md#ssenet-training written out in float64 NumPy for RampModel on a 7x7 input with branch rate 0.5."""
 
     def cam_of(img):
         return np.einsum("kc,nchw->nkhw", weight, img) + bias[None, :, None, None] + np.arange(img.shape[2])[:, None]

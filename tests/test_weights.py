@@ -1,9 +1,9 @@
-"""Weight loading: MXNet ImageNet names -> our names, and ``load_weights`` on every accepted format (SPEC section 1).
+"""Weight loading: MXNet ImageNet names -> our names, and ``load_weights`` on every format (docs/method.md#resnet38).
 
 Fixtures: ``mxnet/resnet38_subset.params`` (17 real-size 'a1' arrays written by MXNet, the ``.npz`` holds the
 same arrays under their MXNet names) and ``mxnet/resnet38_a1_names.txt`` (all 193 names and shapes of the
 ImageNet file, ``name<TAB>d0,d1,...``). The full file is 437 MB, so a complete file is written here at width
-1/8 instead, as an MXNet V2 NDArray list (``shared/mxnet_params/FORMAT.md`` sections 2-3).
+1/8 instead, as an MXNet V2 NDArray list (``docs/formats.md#mxnet-params``).
 """
 
 from __future__ import annotations

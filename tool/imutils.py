@@ -1,4 +1,4 @@
-"""Image operations shared by the datasets and scripts (SPEC sections 3, 4 and 5).
+"""Image operations of the datasets and scripts (docs/method.md#ssenet-training, #ssenet-inference, #affinitynet).
 
 Pure functions over numpy arrays and PIL images. Functions that draw random
 numbers take an explicit ``np.random.Generator``; nothing here touches a global
@@ -134,8 +134,8 @@ def random_crop(*arrays: np.ndarray, crop_size: int, rng: np.random.Generator) -
     An axis shorter than the crop is pasted at a random offset into a zero
     canvas; the same window is used for every array, so an image and its label
     or score map stay aligned. Zero means zero in each array's own units: crop a
-    normalised image to get zero after normalisation (SPEC 3), a uint8 image to
-    get black (SPEC 5).
+    normalised image to get zero after normalisation (docs/method.md#ssenet-training), a uint8 image to
+    get black (docs/method.md#affinitynet).
     """
     h, w = _check_same_hw(arrays)
     box = random_crop_box(h, w, crop_size, rng)
@@ -161,7 +161,7 @@ def random_hflip(*arrays: np.ndarray, rng: np.random.Generator, p: float = 0.5) 
 
 
 def msf_inputs(img: Image.Image, scales: Sequence[float], normalize: Normalizer = normalize) -> list[np.ndarray]:
-    """Multi-scale, flipped network inputs for CAM inference (SPEC 4).
+    """Multi-scale, flipped network inputs for CAM inference (docs/method.md#ssenet-inference).
 
     For each scale s: PIL bicubic resize to ``(round(W * s), round(H * s))``
     (Python's round, half to even, as the reference), normalise, CHW, and stack

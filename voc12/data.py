@@ -1,10 +1,10 @@
-"""PASCAL VOC 2012 datasets for the three learning stages (SPEC sections 3, 4 and 5).
+"""VOC 2012 datasets of the three learning stages (docs/method.md#ssenet-training, #ssenet-inference, #affinitynet).
 
 - :class:`VOC12ClsDataset` with :class:`TrainClsTransform` / :class:`ValClsTransform`:
-  SSENet classification training and validation (SPEC 3).
-- :class:`VOC12ClsDatasetMSF`: multi-scale, flipped inputs for CAM inference (SPEC 4).
+  SSENet classification training and validation (docs/method.md#ssenet-training).
+- :class:`VOC12ClsDatasetMSF`: multi-scale, flipped inputs for CAM inference (docs/method.md#ssenet-inference).
 - :class:`VOC12AffDataset`: AffinityNet training images with pair labels derived
-  from the low/high-alpha CRF score files (SPEC 5); :func:`label_from_crf_scores`
+  from the low/high-alpha CRF score files (docs/method.md#affinity-labels); :func:`label_from_crf_scores`
   and :func:`affinity_labels` are the two steps of that derivation.
 
 Randomness: every augmentation draws from torch's global generator, directly
@@ -36,7 +36,7 @@ from tool.fileio import load_scores, missing_score_file_message, score_file
 from tool.randomwalk import DEFAULT_RADIUS, from_region, pair_slices
 from voc12.voc import IGNORE_INDEX, NUM_FG_CLASSES, jpeg_path, load_img_id_list
 
-# SPEC 3 / 5 colour jitter, as in the reference (torchvision ColorJitter on the PIL image).
+# Colour jitter of docs/method.md#ssenet-training and #affinitynet (torchvision ColorJitter on the PIL image).
 COLOR_JITTER = {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.1}
 MSF_SCALES = (1.0, 0.5, 1.5, 2.0)
 FEATURE_STRIDE = 8
@@ -91,11 +91,11 @@ def _label_matrix(ids: Sequence[str], labels: Mapping[str, np.ndarray], list_pat
 
 
 class TrainClsTransform:
-    """SPEC 3 training augmentation: PIL RGB image -> (3, crop, crop) float32 tensor.
+    """Training augmentation (docs/method.md#ssenet-training): PIL RGB image -> (3, crop, crop) float32 tensor.
 
     Resize so the long side is a random integer in ``resize_long`` (bicubic),
     colour jitter, normalise, horizontal flip (p = 0.5), random crop with a zero
-    canvas after normalisation, CHW. SPEC lists the flip before the jitter; the
+    canvas after normalisation, CHW. The reference flips before the jitter; the
     jitter is flip-invariant (per-pixel maps plus a global mean), so flipping
     the array afterwards gives the same distribution.
     """
@@ -121,7 +121,7 @@ class TrainClsTransform:
 
 
 class ValClsTransform:
-    """SPEC 3 validation input: normalise, centre crop (zero canvas), CHW -> (3, crop, crop) float32."""
+    """Validation input (docs/method.md#ssenet-training): normalise, zero-canvas centre crop, CHW, float32."""
 
     def __init__(self, crop_size: int = 500, normalize: imutils.Normalizer = imutils.normalize) -> None:
         self.crop_size = crop_size
@@ -165,7 +165,7 @@ class VOC12ClsDataset(Dataset):
 
 
 class VOC12ClsDatasetMSF(Dataset):
-    """Multi-scale inference inputs (SPEC 4). Items are dicts:
+    """Multi-scale inference inputs (docs/method.md#ssenet-inference). Items are dicts:
 
     - ``"id"``: the image id;
     - ``"image"``: the original RGB image, (H, W, 3) uint8 tensor (for the CRF);
@@ -204,7 +204,7 @@ class VOC12ClsDatasetMSF(Dataset):
 
 
 def label_from_crf_scores(la_scores: np.ndarray, ha_scores: np.ndarray) -> np.ndarray:
-    """Per-cell training label from pooled low/high-alpha CRF scores, each (h, w, K) (SPEC 5).
+    """Per-cell training label from pooled low/high-alpha CRF scores, each (h, w, K) (docs/method.md#affinity-labels).
 
     Channel 0 is background (key 0). Start from the low-alpha argmax, whose
     foreground is confident; its background is unsure (255) unless the
@@ -221,7 +221,7 @@ def label_from_crf_scores(la_scores: np.ndarray, ha_scores: np.ndarray) -> np.nd
 
 
 def affinity_labels(label: np.ndarray, radius: int = DEFAULT_RADIUS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pair labels of an (h, w) label map (255 = ignore) on the feature grid (SPEC 5).
+    """Pair labels of an (h, w) label map (255 = ignore) on the feature grid (docs/method.md#affinity-labels).
 
     Pairs follow :mod:`tool.randomwalk` (offset k, from-pixel i). Returns
     ``(bg_pos, fg_pos, neg)``, each (n_offsets, n_from) float32 in {0, 1}: a pair
@@ -243,7 +243,7 @@ def affinity_labels(label: np.ndarray, radius: int = DEFAULT_RADIUS) -> tuple[np
 
 
 class VOC12AffDataset(Dataset):
-    """AffinityNet training data (SPEC 5): items are ``(img, bg_pos, fg_pos, neg)``.
+    """AffinityNet training data (docs/method.md#affinitynet): items are ``(img, bg_pos, fg_pos, neg)``.
 
     ``img`` is the augmented, normalised (3, crop, crop) float32 image and the
     pair labels are (n_offsets, n_from) float32 on the ceil(crop / 8) grid

@@ -1,4 +1,4 @@
-"""A small synthetic dataset in the exact PASCAL VOC 2012 layout (SPEC section 0).
+"""A small synthetic dataset in the exact PASCAL VOC 2012 layout (docs/method.md#data).
 
 It exists so that every stage of the pipeline (labels, CAM training and
 inference, affinity training, random walk, evaluation) can run end to end in

@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012 constants, paths and image lists (SPEC section 0).
+"""PASCAL VOC 2012 constants, paths and image lists (docs/method.md#data).
 
 Everything VOC-specific lives in ``voc12/``; other packages import it from here.
 """
