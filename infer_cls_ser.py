@@ -314,7 +314,7 @@ def run_images(args: argparse.Namespace, ids: list[str], todo: list[int], device
     with CrfPool(args.crf_workers if args.out_crf else 0) as crf_pool:
         model = load_model(args, device)
         labels = load_or_build_cls_labels(args.voc12_root, ids, args.cls_labels)
-        msf = VOC12ClsDatasetMSF(args.infer_list, args.voc12_root, labels, args.scales, model.normalize)
+        msf = VOC12ClsDatasetMSF(args.infer_list, args.voc12_root, labels, args.scales, normalize=model.normalize)
         # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
         loader = DataLoader(
             Subset(msf, todo), batch_size=None, num_workers=args.num_workers, pin_memory=device.type == "cuda"

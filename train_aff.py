@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 
+from engine import training
 from network.resnet38_aff import affinity_loss
-from tool import cli, training
+from tool import cli
 from voc12.data import VOC12AffDataset
 from voc12.voc import load_img_id_list
 

@@ -59,7 +59,7 @@ def reference_style(args: argparse.Namespace, out: Path) -> tuple[int, float, fl
     Returns the number of images and the wall seconds spent in the network (with the CAM maths) and in the CRF.
     """
     labels = load_or_build_cls_labels(args.voc12_root, load_img_id_list(args.infer_list), args.cls_labels)
-    dataset = VOC12ClsDatasetMSF(args.infer_list, args.voc12_root, labels, args.scales)
+    dataset = VOC12ClsDatasetMSF(args.infer_list, args.voc12_root, labels, args.scales, normalize=Net.normalize)
     loader = DataLoader(dataset, batch_size=None, num_workers=args.num_workers)
     model = Net(width_mult=WIDTH)
     model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))

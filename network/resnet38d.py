@@ -86,6 +86,23 @@ class ResBlockBottleneck(nn.Module):
         return shortcut + branch, x_bn_relu
 
 
+# ImageNet statistics used by the MXNet ResNet38 (RGB order), docs/method.md#resnet38.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)
+_STD = np.asarray(IMAGENET_STD, dtype=np.float32)
+
+
+def normalize(img: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB uint8 -> float32 ``(x / 255 - mean) / std`` with the ImageNet statistics: ResNet38's input."""
+    return imutils.normalize(img, _MEAN, _STD)
+
+
+def denormalize(img: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`normalize` for display: float32 (H, W, 3) -> uint8, rounded and clipped."""
+    return imutils.denormalize(img, _MEAN, _STD)
+
+
 class Net(nn.Module):
     """The backbone. ``forward(x)`` gives conv6 (N, 4096 * width_mult, H/8, W/8)."""
 
@@ -94,8 +111,8 @@ class Net(nn.Module):
     #: every layer of the head (absent from ImageNet weights); more than new_layer_names only for VGG16 AffinityNet
     head_layer_names: tuple[str, ...] = ()
     #: the input normalisation this network was trained with (ImageNet mean / std), used by every dataset and script
-    normalize = staticmethod(imutils.normalize)
-    denormalize = staticmethod(imutils.denormalize)
+    normalize = staticmethod(normalize)
+    denormalize = staticmethod(denormalize)
 
     def __init__(self, width_mult: float = 1.0):
         super().__init__()

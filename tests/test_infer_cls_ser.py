@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import infer_cls_ser
+from network import resnet38d
 from network.resnet38_cls_ser import Net
 from tests.helpers import fill_reference_weights
 from tool import imutils, torchutils
@@ -107,7 +108,7 @@ def test_infer_cams_equals_direct_computation():
     model = fill_reference_weights(Net(width_mult=WIDTH), seed=3).eval()
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, size=(37, 50, 3), dtype=np.uint8))
-    inputs = [torch.from_numpy(x) for x in imutils.msf_inputs(image, (1.0, 0.5, 1.5, 2.0))]
+    inputs = [torch.from_numpy(x) for x in imutils.msf_inputs(image, (1.0, 0.5, 1.5, 2.0), resnet38d.normalize)]
     label = torch.zeros(20)
     label[[2, 7, 14]] = 1
 

@@ -26,10 +26,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import train_cls_ser
-from network import resnet38_cls_ser
+from engine import training
+from network import resnet38_cls_ser, resnet38d
 from network.resnet38_cls_ser import classification_loss, downscale, ser_loss, ssenet_loss
 from tests.helpers import fill_reference_weights
-from tool import torchutils, training
+from tool import torchutils
 from tool.camutils import max_norm
 from voc12.data import ValClsTransform, VOC12ClsDataset
 from voc12.make_cls_labels import load_cls_labels
@@ -553,7 +554,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, sys.argv[1])
 import train_cls_ser
-from tool import training
+from engine import training
 
 models = []
 build = training.build_model
@@ -631,7 +632,12 @@ def test_logs_and_tensorboard(toy, uninterrupted):
     model = resnet38_cls_ser.Net(width_mult=1 / 8)
     model.load_state_dict(load_state(session_file(toy, "A", ".pth")))
     args = cls_args(toy, "A")
-    val_set = VOC12ClsDataset(args.val_list, args.voc12_root, load_cls_labels(args.cls_labels), ValClsTransform(48))
+    val_set = VOC12ClsDataset(
+        args.val_list,
+        args.voc12_root,
+        load_cls_labels(args.cls_labels),
+        ValClsTransform(48, normalize=resnet38d.normalize),
+    )
     val = train_cls_ser.evaluate(model, DataLoader(val_set, batch_size=2), torch.device("cpu"))
     assert val["loss_cls"] == pytest.approx(lines[-1]["val_loss_cls"], rel=1e-5)
 

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
+from engine import training
 from network import resnet38_aff, resnet38_cls_ser
 from network.resnet38d import convert_mxnet_to_torch, load_weights, mxnet_to_torch_name
 from tests.helpers import fill_reference_weights, read_key_spec
-from tool import training
 
 DATA = Path(__file__).parent / "data"
 MXNET = DATA / "mxnet"

@@ -17,34 +17,27 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from voc12.voc import IMAGENET_MEAN, IMAGENET_STD
-
-_MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)
-_STD = np.asarray(IMAGENET_STD, dtype=np.float32)
-
-
 #: (H, W, 3) RGB uint8 -> (H, W, 3) float32 network input: a network's ``Net.normalize``.
 Normalizer = Callable[[np.ndarray], np.ndarray]
 
 
-def normalize(img: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB uint8 -> float32 ``(x / 255 - mean) / std`` with the ImageNet statistics.
+def normalize(img: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB uint8 -> float32 ``(x / 255 - mean) / std`` (per-channel float32 ``mean`` and ``std``).
 
-    The input normalisation of ResNet38 (docs/method.md#resnet38) and the
-    default of every dataset and script; each network carries its own as
-    ``Net.normalize`` (VGG16's is ``network.vgg16d.normalize``), and the
-    scripts pass that one on.
+    Generic; each network carries its own statistics as ``Net.normalize``
+    (ResNet38's ImageNet mean / std: ``network.resnet38d.normalize``; VGG16's:
+    ``network.vgg16d.normalize``), and the datasets and scripts take it from there.
     """
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"normalize expects an (H, W, 3) RGB image, got shape {img.shape}")
-    return (img.astype(np.float32) / 255.0 - _MEAN) / _STD
+    return (img.astype(np.float32) / 255.0 - mean) / std
 
 
-def denormalize(img: np.ndarray) -> np.ndarray:
+def denormalize(img: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Inverse of :func:`normalize` for display: float32 (H, W, 3) -> uint8, rounded and clipped."""
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"denormalize expects an (H, W, 3) image, got shape {img.shape}")
-    rgb = (img.astype(np.float32) * _STD + _MEAN) * 255.0
+    rgb = (img.astype(np.float32) * std + mean) * 255.0
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
@@ -160,7 +153,7 @@ def random_hflip(*arrays: np.ndarray, rng: np.random.Generator, p: float = 0.5) 
     return arrays
 
 
-def msf_inputs(img: Image.Image, scales: Sequence[float], normalize: Normalizer = normalize) -> list[np.ndarray]:
+def msf_inputs(img: Image.Image, scales: Sequence[float], normalize: Normalizer) -> list[np.ndarray]:
     """Multi-scale, flipped network inputs for CAM inference (docs/method.md#ssenet-inference).
 
     For each scale s: PIL bicubic resize to ``(round(W * s), round(H * s))``

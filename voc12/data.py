@@ -104,7 +104,8 @@ class TrainClsTransform:
         self,
         resize_long: tuple[int, int] = (448, 768),
         crop_size: int = 448,
-        normalize: imutils.Normalizer = imutils.normalize,
+        *,
+        normalize: imutils.Normalizer,
     ) -> None:
         self.resize_long = resize_long
         self.crop_size = crop_size
@@ -123,7 +124,7 @@ class TrainClsTransform:
 class ValClsTransform:
     """Validation input (docs/method.md#ssenet-training): normalise, zero-canvas centre crop, CHW, float32."""
 
-    def __init__(self, crop_size: int = 500, normalize: imutils.Normalizer = imutils.normalize) -> None:
+    def __init__(self, crop_size: int = 500, *, normalize: imutils.Normalizer) -> None:
         self.crop_size = crop_size
         self.normalize = normalize
 
@@ -180,7 +181,8 @@ class VOC12ClsDatasetMSF(Dataset):
         voc12_root: str | os.PathLike,
         labels: Mapping[str, np.ndarray],
         scales: Sequence[float] = MSF_SCALES,
-        normalize: imutils.Normalizer = imutils.normalize,
+        *,
+        normalize: imutils.Normalizer,
     ) -> None:
         self.ids = load_img_id_list(list_path, duplicates="drop")
         self.voc12_root = Path(voc12_root)
@@ -267,7 +269,8 @@ class VOC12AffDataset(Dataset):
         crop_size: int = 448,
         radius: int = DEFAULT_RADIUS,
         allow_pickle: bool = False,
-        normalize: imutils.Normalizer = imutils.normalize,
+        *,
+        normalize: imutils.Normalizer,
     ) -> None:
         self.ids = load_img_id_list(list_path, duplicates="drop")
         self.voc12_root = Path(voc12_root)

@@ -25,10 +25,6 @@ NUM_CLASSES = 21  # background + 20 foreground classes, as in the masks
 CAT_NAMES_WITH_BG = ("background", *CLASS_NAMES)
 IGNORE_INDEX = 255
 
-# ImageNet statistics used by the MXNet ResNet38 (RGB order).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def voc_palette(n: int = 256) -> np.ndarray:
     """The standard VOC colour map, (n, 3) uint8: bit-interleaved class index."""
