@@ -52,7 +52,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from network import build_network
 from network.resnet38d import load_weights
-from tool import cli, pyutils, torchutils
+from tool import cli, layout, pyutils, torchutils
 from tool.camutils import max_norm
 from tool.crf import crf_scores_with_alpha
 from tool.fileio import SCORE_DTYPES, atomic_path, remove_stale_temps, save_png, save_scores
@@ -72,6 +72,23 @@ def default_crf_workers() -> int:
     cpus = cli.usable_cpus()
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     return max(1, cpus // ranks_here - 1)
+
+
+def add_crf_alphas_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--crf_alphas",
+        type=cli.float_range(0, 1000, lo_open=True),
+        nargs="+",
+        default=list(CRF_ALPHAS),
+        help="background powers of the CRF scores in (0, 1000], bg = (1 - max cam) ** alpha (reference: 4 24)",
+    )
+
+
+def crf_alphas_of(flags: list[str]) -> list[float]:
+    """The ``--crf_alphas`` a command line of this script resolves to (default :data:`CRF_ALPHAS`)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_crf_alphas_arg(parser)
+    return parser.parse_known_args(flags)[0].crf_alphas
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -112,13 +129,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=BG_SCORE,
         help="constant background score of --out_cam_pred in [0, 1], against CAMs in [0, 1] (reference: 0.2)",
     )
-    parser.add_argument(
-        "--crf_alphas",
-        type=cli.float_range(0, 1000, lo_open=True),
-        nargs="+",
-        default=list(CRF_ALPHAS),
-        help="background powers of the CRF scores in (0, 1000], bg = (1 - max cam) ** alpha (reference: 4 24)",
-    )
+    add_crf_alphas_arg(parser)
     parser.add_argument(
         "--crf_workers", type=cli.worker_count, default=default_crf_workers(),
         help="processes running the dense CRF beside the network; 0 runs it in line; on a CPU device the network "
@@ -196,24 +207,12 @@ def _save_rgb_png(path: Path, image: np.ndarray) -> None:
 # --------------------------------------------------------------------------- outputs on disk
 
 
-def crf_dir(out_crf: str, alpha: float) -> Path:
-    """``<out_crf>_<alpha>`` with alpha written as a float (``out_crf_4.0``), as the reference names them."""
-    return Path(f"{out_crf}_{float(alpha)}")
-
-
 def output_paths(args: argparse.Namespace, image_id: str) -> dict[str, Path]:
-    """Every file requested for ``image_id``, by kind (``cam``, ``cam_pred``, ``crf_<alpha>``, ``vis``)."""
-    paths = {}
-    if args.out_cam:
-        paths["cam"] = Path(args.out_cam) / f"{image_id}.npz"
-    if args.out_cam_pred:
-        paths["cam_pred"] = Path(args.out_cam_pred) / f"{image_id}.png"
-    if args.out_crf:
-        for alpha in args.crf_alphas:
-            paths[f"crf_{float(alpha)}"] = crf_dir(args.out_crf, alpha) / f"{image_id}.npz"
-    if args.out_vis:
-        paths["vis"] = Path(args.out_vis) / f"{image_id}.png"
-    return paths
+    """Every file the flags request for ``image_id`` (:func:`tool.layout.cam_stage_paths`)."""
+    return layout.cam_stage_paths(
+        image_id, out_cam=args.out_cam, out_cam_pred=args.out_cam_pred, out_crf=args.out_crf,
+        crf_alphas=args.crf_alphas, out_vis=args.out_vis,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- CRF worker pool
@@ -299,7 +298,7 @@ def write_outputs(args: argparse.Namespace, item: dict, norm_cam: np.ndarray, cr
     cams = norm_cam[keys]  # (K, H, W), present classes only
     paths = output_paths(args, item["id"])
     for alpha in args.crf_alphas if args.out_crf else ():
-        crf_pool.submit(paths[f"crf_{float(alpha)}"], image, keys, cams, alpha, args.score_dtype)
+        crf_pool.submit(paths[layout.crf_kind(alpha)], image, keys, cams, alpha, args.score_dtype)
     if args.out_cam:
         save_scores(paths["cam"], keys, cams, args.score_dtype, kind="cam")
     if args.out_cam_pred:
@@ -355,7 +354,7 @@ def main(args: argparse.Namespace) -> dict:
     # ---- this rank's images, minus the finished ones (decided before any image is read)
     ids = load_img_id_list(args.infer_list, duplicates="warn")
     mine = torchutils.shard(list(range(len(ids))))
-    todo = [i for i in mine if args.overwrite or not all(p.exists() for p in output_paths(args, ids[i]).values())]
+    todo = [i for i in mine if args.overwrite or not layout.all_exist(output_paths(args, ids[i]))]
     skipped = len(mine) - len(todo)
     if skipped:
         logger.info("%d of %d images already have every output; skipping them (--overwrite redoes them)",
@@ -369,7 +368,7 @@ def main(args: argparse.Namespace) -> dict:
         if folder:
             cli.check_output_dir(folder, flag)
     for alpha in args.crf_alphas if args.out_crf else ():
-        cli.check_output_dir(crf_dir(args.out_crf, alpha), "--out_crf")
+        cli.check_output_dir(layout.crf_dir(args.out_crf, alpha), "--out_crf")
     removed = remove_stale_temps(folders, {ids[i] for i in todo})
     if removed:
         logger.info("removed %d temporary files left by an interrupted run", removed)

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import infer_cls_ser  # noqa: E402
 from bench.benchutils import cpu_model, write_section  # noqa: E402
 from network.resnet38_cls_ser import Net  # noqa: E402
+from tool import layout  # noqa: E402
 from tool.crf import crf_scores_with_alpha  # noqa: E402
 from tool.fileio import load_scores, save_png, save_scores  # noqa: E402
 from voc12.data import VOC12ClsDatasetMSF  # noqa: E402
@@ -87,7 +88,7 @@ def reference_style(args: argparse.Namespace, out: Path) -> tuple[int, float, fl
         start = time.perf_counter()
         for alpha in args.crf_alphas:
             crf_keys, scores = crf_scores_with_alpha(image, keys, norm_cam[keys], alpha)
-            save_scores(out / f"crf_{float(alpha)}" / f"{item['id']}.npz", crf_keys, scores, kind="crf")
+            save_scores(layout.crf_dir(out / "crf", alpha) / f"{item['id']}.npz", crf_keys, scores, kind="crf")
         t_crf += time.perf_counter() - start
     return len(dataset), t_net, t_crf
 

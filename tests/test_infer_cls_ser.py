@@ -23,7 +23,7 @@ import infer_cls_ser
 from network import resnet38d
 from network.resnet38_cls_ser import Net
 from tests.helpers import fill_reference_weights
-from tool import imutils, torchutils
+from tool import imutils, layout, torchutils
 from tool.fileio import atomic_path, load_scores, remove_stale_temps
 from voc12.make_cls_labels import load_or_build_cls_labels
 from voc12.make_toy_voc import make_toy_voc
@@ -160,9 +160,10 @@ def test_cam_prediction_hand_values():
 
 
 def test_crf_dir_names_alpha_as_float():
-    assert infer_cls_ser.crf_dir("out/crf", 4) == Path("out/crf_4.0")
-    assert infer_cls_ser.crf_dir("out/crf", 24.0) == Path("out/crf_24.0")
-    assert infer_cls_ser.crf_dir("out/crf", 0.5) == Path("out/crf_0.5")
+    assert layout.crf_dir("out/crf", 4) == Path("out/crf_4.0")
+    assert layout.crf_dir("out/crf", 24.0) == Path("out/crf_24.0")
+    assert layout.crf_dir("out/crf", 0.5) == Path("out/crf_0.5")
+    assert layout.la_ha_crf_dirs("out/crf", [20, 3]) == (Path("out/crf_3.0"), Path("out/crf_20.0"))
 
 
 # --------------------------------------------------------------------------- a full run
