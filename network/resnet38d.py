@@ -34,7 +34,16 @@ def scaled(channels: int, width_mult: float) -> int:
     return max(1, int(round(channels * width_mult)))
 
 
-class ResBlock(nn.Module):
+class _PreActivationBlock(nn.Module):
+    """What both residual blocks share: BN-ReLU of the input, the shortcut and the first branch conv."""
+
+    def _pre_activation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x_bn_relu = F.relu(self.bn_branch2a(x))
+        shortcut = x if self.same_shape else self.conv_branch1(x_bn_relu)
+        return x_bn_relu, shortcut, self.conv_branch2a(x_bn_relu)
+
+
+class ResBlock(_PreActivationBlock):
     """Two 3x3 convolutions, pre-activation; 1x1 shortcut when the shape changes."""
 
     def __init__(self, in_ch, mid_ch, out_ch, stride=1, first_dilation=None, dilation=1):
@@ -53,14 +62,12 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (block output, the block's BN-ReLU'd input)."""
-        x_bn_relu = F.relu(self.bn_branch2a(x))
-        shortcut = x if self.same_shape else self.conv_branch1(x_bn_relu)
-        branch = self.conv_branch2a(x_bn_relu)
+        x_bn_relu, shortcut, branch = self._pre_activation(x)
         branch = self.conv_branch2b1(F.relu(self.bn_branch2b1(branch)))
         return shortcut + branch, x_bn_relu
 
 
-class ResBlockBottleneck(nn.Module):
+class ResBlockBottleneck(_PreActivationBlock):
     """1x1 -> 3x3 (dilated) -> 1x1 with Dropout2d, pre-activation, 1x1 shortcut."""
 
     def __init__(self, in_ch, out_ch, stride=1, dilation=1, dropout=0.0):
@@ -78,9 +85,7 @@ class ResBlockBottleneck(nn.Module):
             self.conv_branch1 = nn.Conv2d(in_ch, out_ch, 1, stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x_bn_relu = F.relu(self.bn_branch2a(x))
-        shortcut = x if self.same_shape else self.conv_branch1(x_bn_relu)
-        branch = self.conv_branch2a(x_bn_relu)
+        x_bn_relu, shortcut, branch = self._pre_activation(x)
         branch = self.conv_branch2b1(self.dropout_2b1(F.relu(self.bn_branch2b1(branch))))
         branch = self.conv_branch2b2(self.dropout_2b2(F.relu(self.bn_branch2b2(branch))))
         return shortcut + branch, x_bn_relu
