@@ -85,8 +85,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="BOOL",
         help="dense CRF (1 iteration) on the propagated scores: --crf, --crf True or --crf False (default: off)",
     )
-    parser.add_argument("--rw_mode", choices=("sparse", "dense"), default="sparse",
-                        help="sparse matrix (ours) or the reference's dense T squared logt times")  # fmt: skip
+    parser.add_argument(
+        "--rw_mode",
+        choices=("sparse", "dense"),
+        default="sparse",
+        help="sparse matrix (ours) or the reference's dense T squared logt times",
+    )
     parser.add_argument(
         "--width_mult", type=cli.width_mult, default=1.0, help="channel width multiplier of the network"
     )
@@ -163,8 +167,9 @@ def main(args: argparse.Namespace) -> dict:
     load_weights(model, args.weights, allow_missing_head=False)
     model.to(device).eval()
     palette = voc_palette()
-    loader = DataLoader(VOC12ImageDataset(args.infer_list, args.voc12_root, ids=todo), batch_size=None,
-                        num_workers=args.num_workers)  # fmt: skip
+    loader = DataLoader(
+        VOC12ImageDataset(args.infer_list, args.voc12_root, ids=todo), batch_size=None, num_workers=args.num_workers
+    )
     start = time.time()
     for image_id, image in tqdm(loader, total=len(todo), disable=not torchutils.is_main_process()):
         image = image.numpy()

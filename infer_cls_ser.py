@@ -119,9 +119,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out_cam_pred", type=str, default=None, help="folder for <id>.png CAM argmax predictions")
     parser.add_argument(
-        "--out_crf", type=str, default=None,
+        "--out_crf",
+        type=str,
+        default=None,
         help="folder prefix for CRF scores: <out_crf>_<alpha>/<id>.npz, one folder per --crf_alphas value",
-    )  # fmt: skip
+    )
     parser.add_argument("--out_vis", type=str, default=None, help="folder for <id>.png CAM overlays (image + classes)")
     parser.add_argument(
         "--bg_score",
@@ -131,14 +133,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     add_crf_alphas_arg(parser)
     parser.add_argument(
-        "--crf_workers", type=cli.worker_count, default=default_crf_workers(),
+        "--crf_workers",
+        type=cli.worker_count,
+        default=default_crf_workers(),
         help="processes running the dense CRF beside the network; 0 runs it in line; on a CPU device the network "
         "keeps the other torch threads (default: CPUs per rank - 1)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--score_dtype", type=str, choices=sorted(SCORE_DTYPES), default="float16",
+        "--score_dtype",
+        type=str,
+        choices=sorted(SCORE_DTYPES),
+        default="float16",
         help="dtype of the stored CAM and CRF scores",
-    )  # fmt: skip
+    )
     parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs all exist already")
     torchutils.add_device_args(parser)
     return parser
@@ -210,9 +217,13 @@ def _save_rgb_png(path: Path, image: np.ndarray) -> None:
 def output_paths(args: argparse.Namespace, image_id: str) -> dict[str, Path]:
     """Every file the flags request for ``image_id`` (:func:`tool.layout.cam_stage_paths`)."""
     return layout.cam_stage_paths(
-        image_id, out_cam=args.out_cam, out_cam_pred=args.out_cam_pred, out_crf=args.out_crf,
-        crf_alphas=args.crf_alphas, out_vis=args.out_vis,
-    )  # fmt: skip
+        image_id,
+        out_cam=args.out_cam,
+        out_cam_pred=args.out_cam_pred,
+        out_crf=args.out_crf,
+        crf_alphas=args.crf_alphas,
+        out_vis=args.out_vis,
+    )
 
 
 # --------------------------------------------------------------------------- CRF worker pool
@@ -344,8 +355,11 @@ def main(args: argparse.Namespace) -> dict:
     logger.info("args: %s", json.dumps(vars(args), default=str))
     logger.info(
         "git %s, torch %s, device %s, world size %d",
-        pyutils.git_sha(), torch.__version__, device, torchutils.get_world_size(),
-    )  # fmt: skip
+        pyutils.git_sha(),
+        torch.__version__,
+        device,
+        torchutils.get_world_size(),
+    )
     if not (args.out_cam or args.out_cam_pred or args.out_crf or args.out_vis):
         raise SystemExit("nothing to write: give at least one of --out_cam, --out_cam_pred, --out_crf, --out_vis")
     if args.out_crf and not args.crf_alphas:
@@ -357,8 +371,9 @@ def main(args: argparse.Namespace) -> dict:
     todo = [i for i in mine if args.overwrite or not layout.all_exist(output_paths(args, ids[i]))]
     skipped = len(mine) - len(todo)
     if skipped:
-        logger.info("%d of %d images already have every output; skipping them (--overwrite redoes them)",
-                    skipped, len(mine))  # fmt: skip
+        logger.info(
+            "%d of %d images already have every output; skipping them (--overwrite redoes them)", skipped, len(mine)
+        )
     folders = {p.parent for p in output_paths(args, ids[0]).values()}
     for flag, folder in (
         ("--out_cam", args.out_cam),
@@ -379,8 +394,11 @@ def main(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     logger.info(
         "CAM inference: %d images done, %d skipped (outputs present), %.1f s (%.3f s per image done)",
-        done, skipped, seconds, seconds / max(done, 1),
-    )  # fmt: skip
+        done,
+        skipped,
+        seconds,
+        seconds / max(done, 1),
+    )
     if joined_here:
         dist.destroy_process_group()
     return {"images": len(ids), "done": done, "skipped": skipped, "seconds": seconds}

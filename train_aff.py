@@ -55,9 +55,14 @@ def main(args: argparse.Namespace) -> dict:
     load_img_id_list(args.train_list)  # duplicate ids are an error here: they would weigh twice
     model = training.build_model(args)
     dataset = VOC12AffDataset(
-        args.train_list, args.voc12_root, args.la_crf_dir, args.ha_crf_dir, crop_size=args.crop_size,
-        allow_pickle=args.allow_pickle, normalize=model.normalize,
-    )  # fmt: skip
+        args.train_list,
+        args.voc12_root,
+        args.la_crf_dir,
+        args.ha_crf_dir,
+        crop_size=args.crop_size,
+        allow_pickle=args.allow_pickle,
+        normalize=model.normalize,
+    )
     return training.train(args, model, dataset, loss_fn)
 
 

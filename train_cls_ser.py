@@ -114,8 +114,9 @@ def main(args: argparse.Namespace) -> dict:
     if args.val_list:
         val_transform = ValClsTransform(args.val_crop_size, normalize=model.normalize)
         val_set = VOC12ClsDataset(args.val_list, args.voc12_root, labels, val_transform)
-        val_loader = DataLoader(val_set, batch_size=max(1, args.batch_size // args.accum_steps), shuffle=False,
-                                num_workers=args.num_workers)  # fmt: skip
+        val_loader = DataLoader(
+            val_set, batch_size=max(1, args.batch_size // args.accum_steps), shuffle=False, num_workers=args.num_workers
+        )
 
         def val_fn(model, device):
             return evaluate(model, val_loader, device)

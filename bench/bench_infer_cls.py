@@ -135,13 +135,31 @@ def main() -> None:
         load_or_build_cls_labels(tmp / "voc", ids, tmp / "labels.npz")
 
         def args_for(out: Path, *extra: str) -> argparse.Namespace:
-            return infer_cls_ser.get_args_parser().parse_args([
-                "--weights", str(tmp / "weights.pth"), "--width_mult", str(WIDTH), "--voc12_root", str(tmp / "voc"),
-                "--infer_list", str(list_path), "--cls_labels", str(tmp / "labels.npz"),
-                "--num_workers", str(cli.num_workers), "--device", "cpu",
-                "--out_cam", str(out / "cam"), "--out_cam_pred", str(out / "pred"), "--out_crf", str(out / "crf"),
-                *extra,
-            ])  # fmt: skip
+            return infer_cls_ser.get_args_parser().parse_args(
+                [
+                    "--weights",
+                    str(tmp / "weights.pth"),
+                    "--width_mult",
+                    str(WIDTH),
+                    "--voc12_root",
+                    str(tmp / "voc"),
+                    "--infer_list",
+                    str(list_path),
+                    "--cls_labels",
+                    str(tmp / "labels.npz"),
+                    "--num_workers",
+                    str(cli.num_workers),
+                    "--device",
+                    "cpu",
+                    "--out_cam",
+                    str(out / "cam"),
+                    "--out_cam_pred",
+                    str(out / "pred"),
+                    "--out_crf",
+                    str(out / "crf"),
+                    *extra,
+                ]
+            )
 
         # Warm-up (imports, page cache, first-call allocations), not timed.
         infer_cls_ser.main(args_for(tmp / "warm", "--scales", "1.0"))

@@ -427,9 +427,15 @@ def test_cli_error_exits_nonzero_without_traceback(dataset):
     root = dataset["root"]
     (root / "pred" / f"{IDS[2]}.png").unlink()
     proc = run_cli(
-        "--list", str(root / "list.txt"), "--gt_dir", str(root / "gt"), "--predict_dir", str(root / "pred"),
-        "--logfile", "",
-    )  # fmt: skip
+        "--list",
+        str(root / "list.txt"),
+        "--gt_dir",
+        str(root / "gt"),
+        "--predict_dir",
+        str(root / "pred"),
+        "--logfile",
+        "",
+    )
     assert proc.returncode == 1
     assert f"prediction not found: {root / 'pred' / IDS[2]}.png" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -63,10 +63,21 @@ def toy(tmp_path_factory) -> dict:
 
 def make_args(toy: dict, out: Path, *extra: str, outputs: bool = True):
     argv = [
-        "--weights", str(toy["weights"]), "--width_mult", str(WIDTH), "--voc12_root", str(toy["root"]),
-        "--infer_list", str(toy["root"] / "ImageSets" / "Segmentation" / "train.txt"),
-        "--cls_labels", str(toy["base"] / "cls_labels.npz"), "--num_workers", "0", "--device", "cpu",
-    ]  # fmt: skip
+        "--weights",
+        str(toy["weights"]),
+        "--width_mult",
+        str(WIDTH),
+        "--voc12_root",
+        str(toy["root"]),
+        "--infer_list",
+        str(toy["root"] / "ImageSets" / "Segmentation" / "train.txt"),
+        "--cls_labels",
+        str(toy["base"] / "cls_labels.npz"),
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     if outputs:
         argv += ["--out_cam", str(out / "cam"), "--out_cam_pred", str(out / "pred"), "--out_crf", str(out / "crf")]
         argv += ["--out_vis", str(out / "vis")]
@@ -330,8 +341,9 @@ def test_sigkill_midway_then_resume(toy, tmp_path):
         elif value is not None:
             argv += [f"--{key}", str(value)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / "cam").is_dir() or not any((out / "cam").glob("*.npz")):

@@ -13,16 +13,30 @@ from tool.fileio import load_label_png, load_scores
 from voc12.voc import load_img_id_list
 
 TINY = [
-    "--preset", "demo", "--ablation", "--toy_num_train", "8", "--toy_num_val", "2", "--toy_size", "72",
-    "--pretrain_num_images", "8", "--figure_images", "2",
-    "--pretrain_args", "--max_epoches 1 --batch_size 4 --crop_size 64 --resize_long 64 80 --val_crop_size 72 "
-                       "--num_workers 0",
-    "--train_cls_args", "--max_epoches 1 --batch_size 4 --crop_size 64 --resize_long 64 80 --val_crop_size 72 "
-                        "--num_workers 0",
-    "--infer_cls_args", "--num_workers 0 --crf_workers 0 --scales 1.0 0.5",
-    "--train_aff_args", "--max_epoches 1 --batch_size 4 --crop_size 72 --num_workers 0",
-    "--infer_aff_args", "--num_workers 0 --logt 4",
-]  # fmt: skip
+    "--preset",
+    "demo",
+    "--ablation",
+    "--toy_num_train",
+    "8",
+    "--toy_num_val",
+    "2",
+    "--toy_size",
+    "72",
+    "--pretrain_num_images",
+    "8",
+    "--figure_images",
+    "2",
+    "--pretrain_args",
+    "--max_epoches 1 --batch_size 4 --crop_size 64 --resize_long 64 80 --val_crop_size 72 --num_workers 0",
+    "--train_cls_args",
+    "--max_epoches 1 --batch_size 4 --crop_size 64 --resize_long 64 80 --val_crop_size 72 --num_workers 0",
+    "--infer_cls_args",
+    "--num_workers 0 --crf_workers 0 --scales 1.0 0.5",
+    "--train_aff_args",
+    "--max_epoches 1 --batch_size 4 --crop_size 72 --num_workers 0",
+    "--infer_aff_args",
+    "--num_workers 0 --logt 4",
+]
 
 
 @pytest.fixture(scope="module")

@@ -398,12 +398,37 @@ def cls_args(toy: Path, session: str, *extra: str):
     """Flags for a width-1/8 run on the 4 toy images: batch 2, so 2 steps per epoch."""
     lists = toy / "VOC2012" / "ImageSets" / "Segmentation"
     flags = [
-        "--voc12_root", str(toy / "VOC2012"), "--train_list", str(lists / "train.txt"),
-        "--val_list", str(lists / "val.txt"), "--cls_labels", str(toy / "cls_labels.npz"),
-        "--session_name", str(toy / "runs" / session), "--width_mult", "0.125", "--from_scratch",
-        "--crop_size", "48", "--resize_long", "48", "64", "--val_crop_size", "48", "--batch_size", "2",
-        "--max_epoches", "2", "--num_workers", "0", "--tblog_dir", "", "--device", "cpu",
-    ]  # fmt: skip
+        "--voc12_root",
+        str(toy / "VOC2012"),
+        "--train_list",
+        str(lists / "train.txt"),
+        "--val_list",
+        str(lists / "val.txt"),
+        "--cls_labels",
+        str(toy / "cls_labels.npz"),
+        "--session_name",
+        str(toy / "runs" / session),
+        "--width_mult",
+        "0.125",
+        "--from_scratch",
+        "--crop_size",
+        "48",
+        "--resize_long",
+        "48",
+        "64",
+        "--val_crop_size",
+        "48",
+        "--batch_size",
+        "2",
+        "--max_epoches",
+        "2",
+        "--num_workers",
+        "0",
+        "--tblog_dir",
+        "",
+        "--device",
+        "cpu",
+    ]
     return train_cls_ser.get_args_parser().parse_args(flags + list(extra))
 
 
@@ -581,11 +606,35 @@ def test_ddp_two_cpu_processes_stay_identical(toy, tmp_path):
     script.write_text(DDP_SCRIPT)
     args = cls_args(toy, "x")  # only for its list and label paths
     flags = [
-        "--voc12_root", args.voc12_root, "--train_list", args.train_list, "--val_list", "",
-        "--cls_labels", args.cls_labels, "--session_name", str(tmp_path / "ddp"), "--width_mult", "0.125",
-        "--from_scratch", "--crop_size", "48", "--resize_long", "48", "64", "--batch_size", "2",
-        "--max_epoches", "1", "--num_workers", "0", "--tblog_dir", "", "--device", "cpu",
-    ]  # fmt: skip
+        "--voc12_root",
+        args.voc12_root,
+        "--train_list",
+        args.train_list,
+        "--val_list",
+        "",
+        "--cls_labels",
+        args.cls_labels,
+        "--session_name",
+        str(tmp_path / "ddp"),
+        "--width_mult",
+        "0.125",
+        "--from_scratch",
+        "--crop_size",
+        "48",
+        "--resize_long",
+        "48",
+        "64",
+        "--batch_size",
+        "2",
+        "--max_epoches",
+        "1",
+        "--num_workers",
+        "0",
+        "--tblog_dir",
+        "",
+        "--device",
+        "cpu",
+    ]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(

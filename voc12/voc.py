@@ -16,10 +16,10 @@ from tool.cli import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
-CLASS_NAMES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+CLASS_NAMES = tuple(
+    "aeroplane bicycle bird boat bottle bus car cat chair cow "
+    "diningtable dog horse motorbike person pottedplant sheep sofa train tvmonitor".split()
+)
 NUM_FG_CLASSES = 20
 NUM_CLASSES = 21  # background + 20 foreground classes, as in the masks
 CAT_NAMES_WITH_BG = ("background", *CLASS_NAMES)
