@@ -1,4 +1,4 @@
-"""Evaluate predicted masks or CAM score files against VOC ground truth (SPEC section 7).
+"""Evaluate predicted masks or CAM score files against VOC ground truth (docs/method.md#evaluation).
 
 Scores are the reference's: per pixel with ground truth != 255, counts over the
 21 classes accumulated over the list; IoU_c = TP / (T + P - TP + 1e-10) and the
@@ -47,45 +47,60 @@ class EvaluationError(InputError):
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="mIoU of predicted masks or CAM score files (SPEC section 7)",
+        description="mIoU of predicted masks or CAM score files (docs/method.md#evaluation)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--list", default=str(DEFAULT_LIST), type=str,
+        "--list",
+        default=str(DEFAULT_LIST),
+        type=str,
         help="image list: bare ids or /JPEGImages/<id>.jpg lines",
-    )  # fmt: skip
+    )
     parser.add_argument("--predict_dir", default="out_rw", type=str, help="folder of <id>.png masks or score files")
     parser.add_argument(
-        "--gt_dir", default="VOC2012/SegmentationClass", type=str,
+        "--gt_dir",
+        default="VOC2012/SegmentationClass",
+        type=str,
         help="folder of ground-truth <id>.png palette masks (class indices, 255 = void)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--logfile", default="evallog.txt", type=str,
+        "--logfile",
+        default="evallog.txt",
+        type=str,
         help="append one timestamped line with the comment and mIoU here ('' = no log)",
-    )  # fmt: skip
+    )
     parser.add_argument("--comment", default="", type=str, help="free text written to the log line")
     parser.add_argument(
-        "--type", default="png", choices=["png", "npy"], type=str,
+        "--type",
+        default="png",
+        choices=["png", "npy"],
+        type=str,
         help="png: prediction masks; npy: CAM score files scored with a background threshold (--t or --curve)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--t", default=None, type=cli.unit_float,
+        "--t",
+        default=None,
+        type=cli.unit_float,
         help="background threshold for --type npy: background unless a present class scores above t",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--curve", action="store_true",
+        "--curve",
+        action="store_true",
         help="--type npy: score every t in 0.00..0.59 (step 0.01) in one pass, report the best",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--allow_pickle", action="store_true",
+        "--allow_pickle",
+        action="store_true",
         help="--type npy: also read the reference's pickled <id>.npy dicts when no <id>.npz exists; unpickling "
         "can run arbitrary code stored in a file, so use it only on files you trust",
-    )  # fmt: skip
+    )
     parser.add_argument("--json", default=None, type=str, help="also write the results as JSON to this path")
     parser.add_argument(
-        "--num_workers", default=cli.usable_cpus(), type=cli.worker_count,
+        "--num_workers",
+        default=cli.usable_cpus(),
+        type=cli.worker_count,
         help="processes decoding files in parallel (0 or 1: in this process); default: the CPUs this process may use",
-    )  # fmt: skip
+    )
     return parser
 
 
@@ -265,9 +280,13 @@ def main(args: argparse.Namespace) -> dict:
         setting = f"npy t={args.t}" if args.type == "npy" else "png"
     setting = f"{args.predict_dir} ({setting})"
     result.update(
-        num_images=len(image_ids), type=args.type, list=str(args.list), predict_dir=str(args.predict_dir),
-        gt_dir=str(args.gt_dir), comment=args.comment,
-    )  # fmt: skip
+        num_images=len(image_ids),
+        type=args.type,
+        list=str(args.list),
+        predict_dir=str(args.predict_dir),
+        gt_dir=str(args.gt_dir),
+        comment=args.comment,
+    )
 
     print(format_table(result))
     if args.curve:

@@ -1,4 +1,4 @@
-"""Random-walk propagation of CAMs with AffinityNet (SPEC section 6).
+"""Random-walk propagation of CAMs with AffinityNet (docs/method.md#random-walk).
 
     python infer_aff.py --weights resnet38_aff.pth --infer_list voc12/train.txt \
         --cam_dir out_cam --voc12_root VOC2012 --out_rw out_rw
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from network import build_network
 from network.resnet38d import load_weights
-from tool import cli, pyutils, torchutils
+from tool import cli, layout, pyutils, torchutils
 from tool.crf import crf_inference
 from tool.fileio import load_scores, missing_score_file_message, remove_stale_temps, save_png, save_scores, score_file
 from tool.imutils import hwc_to_chw
@@ -85,8 +85,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="BOOL",
         help="dense CRF (1 iteration) on the propagated scores: --crf, --crf True or --crf False (default: off)",
     )
-    parser.add_argument("--rw_mode", choices=("sparse", "dense"), default="sparse",
-                        help="sparse matrix (ours) or the reference's dense T squared logt times")  # fmt: skip
+    parser.add_argument(
+        "--rw_mode",
+        choices=("sparse", "dense"),
+        default="sparse",
+        help="sparse matrix (ours) or the reference's dense T squared logt times",
+    )
     parser.add_argument(
         "--width_mult", type=cli.width_mult, default=1.0, help="channel width multiplier of the network"
     )
@@ -141,13 +145,11 @@ def main(args: argparse.Namespace) -> dict:
     device = torchutils.get_device(args.device)
     out_rw = Path(args.out_rw)
 
-    def done(image_id: str) -> bool:
-        if not (out_rw / f"{image_id}.png").exists():
-            return False
-        return args.out_rw_scores is None or (Path(args.out_rw_scores) / f"{image_id}.npz").exists()
+    def paths(image_id: str) -> dict[str, Path]:
+        return layout.rw_stage_paths(image_id, args.out_rw, args.out_rw_scores)
 
     ids = torchutils.shard(load_img_id_list(args.infer_list, duplicates="warn"))
-    todo = ids if args.overwrite else [i for i in ids if not done(i)]
+    todo = ids if args.overwrite else [i for i in ids if not layout.all_exist(paths(i))]
     logger.info("%d images, %d to do on this rank", len(ids), len(todo))
     folders = {cli.check_output_dir(out_rw, "--out_rw")}
     if args.out_rw_scores:
@@ -165,8 +167,9 @@ def main(args: argparse.Namespace) -> dict:
     load_weights(model, args.weights, allow_missing_head=False)
     model.to(device).eval()
     palette = voc_palette()
-    loader = DataLoader(VOC12ImageDataset(args.infer_list, args.voc12_root, ids=todo), batch_size=None,
-                        num_workers=args.num_workers)  # fmt: skip
+    loader = DataLoader(
+        VOC12ImageDataset(args.infer_list, args.voc12_root, ids=todo), batch_size=None, num_workers=args.num_workers
+    )
     start = time.time()
     for image_id, image in tqdm(loader, total=len(todo), disable=not torchutils.is_main_process()):
         image = image.numpy()
@@ -175,11 +178,11 @@ def main(args: argparse.Namespace) -> dict:
         if cams.shape[1:] != image.shape[:2]:
             raise cli.InputError(f"{cam_path}: CAM is {cams.shape[1:]} but image {image_id} is {image.shape[:2]}")
         label, scores = random_walk_image(model, image, keys, cams, args, device)
-        if args.out_rw_scores:
+        out = paths(image_id)
+        if "rw_scores" in out:
             keep = np.concatenate([[0], keys + 1])
-            rw_path = Path(args.out_rw_scores) / f"{image_id}.npz"
-            save_scores(rw_path, keep, scores[keep].cpu().numpy(), "float32", kind="rw")
-        save_png(out_rw / f"{image_id}.png", label, palette)
+            save_scores(out["rw_scores"], keep, scores[keep].cpu().numpy(), "float32", kind="rw")
+        save_png(out["rw"], label, palette)
         summary["done"] += 1
     summary["seconds"] = time.time() - start
     logger.info("random walk: %s", summary)

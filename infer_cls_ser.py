@@ -1,4 +1,4 @@
-"""SSENet CAM inference: multi-scale flipped CAMs, CAM predictions and low/high-alpha CRF scores (SPEC section 4).
+"""SSENet CAM inference: multi-scale flipped CAMs, CAM predictions, CRF scores (docs/method.md#ssenet-inference).
 
     python infer_cls_ser.py --weights resnet38_cls_ser.pth --infer_list voc12/train.txt --voc12_root VOC2012 \
         --out_cam out_cam --out_crf out_crf --out_cam_pred out_cam_pred
@@ -52,7 +52,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from network import build_network
 from network.resnet38d import load_weights
-from tool import cli, pyutils, torchutils
+from tool import cli, layout, pyutils, torchutils
 from tool.camutils import max_norm
 from tool.crf import crf_scores_with_alpha
 from tool.fileio import SCORE_DTYPES, atomic_path, remove_stale_temps, save_png, save_scores
@@ -72,6 +72,23 @@ def default_crf_workers() -> int:
     cpus = cli.usable_cpus()
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     return max(1, cpus // ranks_here - 1)
+
+
+def add_crf_alphas_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--crf_alphas",
+        type=cli.float_range(0, 1000, lo_open=True),
+        nargs="+",
+        default=list(CRF_ALPHAS),
+        help="background powers of the CRF scores in (0, 1000], bg = (1 - max cam) ** alpha (reference: 4 24)",
+    )
+
+
+def crf_alphas_of(flags: list[str]) -> list[float]:
+    """The ``--crf_alphas`` a command line of this script resolves to (default :data:`CRF_ALPHAS`)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_crf_alphas_arg(parser)
+    return parser.parse_known_args(flags)[0].crf_alphas
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -102,9 +119,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out_cam_pred", type=str, default=None, help="folder for <id>.png CAM argmax predictions")
     parser.add_argument(
-        "--out_crf", type=str, default=None,
+        "--out_crf",
+        type=str,
+        default=None,
         help="folder prefix for CRF scores: <out_crf>_<alpha>/<id>.npz, one folder per --crf_alphas value",
-    )  # fmt: skip
+    )
     parser.add_argument("--out_vis", type=str, default=None, help="folder for <id>.png CAM overlays (image + classes)")
     parser.add_argument(
         "--bg_score",
@@ -112,22 +131,21 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=BG_SCORE,
         help="constant background score of --out_cam_pred in [0, 1], against CAMs in [0, 1] (reference: 0.2)",
     )
+    add_crf_alphas_arg(parser)
     parser.add_argument(
-        "--crf_alphas",
-        type=cli.float_range(0, 1000, lo_open=True),
-        nargs="+",
-        default=list(CRF_ALPHAS),
-        help="background powers of the CRF scores in (0, 1000], bg = (1 - max cam) ** alpha (reference: 4 24)",
-    )
-    parser.add_argument(
-        "--crf_workers", type=cli.worker_count, default=default_crf_workers(),
+        "--crf_workers",
+        type=cli.worker_count,
+        default=default_crf_workers(),
         help="processes running the dense CRF beside the network; 0 runs it in line; on a CPU device the network "
         "keeps the other torch threads (default: CPUs per rank - 1)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--score_dtype", type=str, choices=sorted(SCORE_DTYPES), default="float16",
+        "--score_dtype",
+        type=str,
+        choices=sorted(SCORE_DTYPES),
+        default="float16",
         help="dtype of the stored CAM and CRF scores",
-    )  # fmt: skip
+    )
     parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs all exist already")
     torchutils.add_device_args(parser)
     return parser
@@ -196,24 +214,16 @@ def _save_rgb_png(path: Path, image: np.ndarray) -> None:
 # --------------------------------------------------------------------------- outputs on disk
 
 
-def crf_dir(out_crf: str, alpha: float) -> Path:
-    """``<out_crf>_<alpha>`` with alpha written as a float (``out_crf_4.0``), as the reference names them."""
-    return Path(f"{out_crf}_{float(alpha)}")
-
-
 def output_paths(args: argparse.Namespace, image_id: str) -> dict[str, Path]:
-    """Every file requested for ``image_id``, by kind (``cam``, ``cam_pred``, ``crf_<alpha>``, ``vis``)."""
-    paths = {}
-    if args.out_cam:
-        paths["cam"] = Path(args.out_cam) / f"{image_id}.npz"
-    if args.out_cam_pred:
-        paths["cam_pred"] = Path(args.out_cam_pred) / f"{image_id}.png"
-    if args.out_crf:
-        for alpha in args.crf_alphas:
-            paths[f"crf_{float(alpha)}"] = crf_dir(args.out_crf, alpha) / f"{image_id}.npz"
-    if args.out_vis:
-        paths["vis"] = Path(args.out_vis) / f"{image_id}.png"
-    return paths
+    """Every file the flags request for ``image_id`` (:func:`tool.layout.cam_stage_paths`)."""
+    return layout.cam_stage_paths(
+        image_id,
+        out_cam=args.out_cam,
+        out_cam_pred=args.out_cam_pred,
+        out_crf=args.out_crf,
+        crf_alphas=args.crf_alphas,
+        out_vis=args.out_vis,
+    )
 
 
 # --------------------------------------------------------------------------- CRF worker pool
@@ -290,7 +300,7 @@ def write_outputs(args: argparse.Namespace, item: dict, norm_cam: np.ndarray, cr
     cams = norm_cam[keys]  # (K, H, W), present classes only
     paths = output_paths(args, item["id"])
     for alpha in args.crf_alphas if args.out_crf else ():
-        crf_pool.submit(paths[f"crf_{float(alpha)}"], image, keys, cams, alpha, args.score_dtype)
+        crf_pool.submit(paths[layout.crf_kind(alpha)], image, keys, cams, alpha, args.score_dtype)
     if args.out_cam:
         save_scores(paths["cam"], keys, cams, args.score_dtype, kind="cam")
     if args.out_cam_pred:
@@ -305,7 +315,7 @@ def run_images(args: argparse.Namespace, ids: list[str], todo: list[int], device
     with CrfPool(args.crf_workers if args.out_crf else 0) as crf_pool:
         model = load_model(args, device)
         labels = load_or_build_cls_labels(args.voc12_root, ids, args.cls_labels)
-        msf = VOC12ClsDatasetMSF(args.infer_list, args.voc12_root, labels, args.scales, model.normalize)
+        msf = VOC12ClsDatasetMSF(args.infer_list, args.voc12_root, labels, args.scales, normalize=model.normalize)
         # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
         loader = DataLoader(
             Subset(msf, todo), batch_size=None, num_workers=args.num_workers, pin_memory=device.type == "cuda"
@@ -336,8 +346,11 @@ def main(args: argparse.Namespace) -> dict:
     logger.info("args: %s", json.dumps(vars(args), default=str))
     logger.info(
         "git %s, torch %s, device %s, world size %d",
-        pyutils.git_sha(), torch.__version__, device, torchutils.get_world_size(),
-    )  # fmt: skip
+        pyutils.git_sha(),
+        torch.__version__,
+        device,
+        torchutils.get_world_size(),
+    )
     if not (args.out_cam or args.out_cam_pred or args.out_crf or args.out_vis):
         raise SystemExit("nothing to write: give at least one of --out_cam, --out_cam_pred, --out_crf, --out_vis")
     if args.out_crf and not args.crf_alphas:
@@ -346,11 +359,12 @@ def main(args: argparse.Namespace) -> dict:
     # ---- this rank's images, minus the finished ones (decided before any image is read)
     ids = load_img_id_list(args.infer_list, duplicates="warn")
     mine = torchutils.shard(list(range(len(ids))))
-    todo = [i for i in mine if args.overwrite or not all(p.exists() for p in output_paths(args, ids[i]).values())]
+    todo = [i for i in mine if args.overwrite or not layout.all_exist(output_paths(args, ids[i]))]
     skipped = len(mine) - len(todo)
     if skipped:
-        logger.info("%d of %d images already have every output; skipping them (--overwrite redoes them)",
-                    skipped, len(mine))  # fmt: skip
+        logger.info(
+            "%d of %d images already have every output; skipping them (--overwrite redoes them)", skipped, len(mine)
+        )
     folders = {p.parent for p in output_paths(args, ids[0]).values()}
     for flag, folder in (
         ("--out_cam", args.out_cam),
@@ -360,7 +374,7 @@ def main(args: argparse.Namespace) -> dict:
         if folder:
             cli.check_output_dir(folder, flag)
     for alpha in args.crf_alphas if args.out_crf else ():
-        cli.check_output_dir(crf_dir(args.out_crf, alpha), "--out_crf")
+        cli.check_output_dir(layout.crf_dir(args.out_crf, alpha), "--out_crf")
     removed = remove_stale_temps(folders, {ids[i] for i in todo})
     if removed:
         logger.info("removed %d temporary files left by an interrupted run", removed)
@@ -371,8 +385,11 @@ def main(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     logger.info(
         "CAM inference: %d images done, %d skipped (outputs present), %.1f s (%.3f s per image done)",
-        done, skipped, seconds, seconds / max(done, 1),
-    )  # fmt: skip
+        done,
+        skipped,
+        seconds,
+        seconds / max(done, 1),
+    )
     if joined_here:
         dist.destroy_process_group()
     return {"images": len(ids), "done": done, "skipped": skipped, "seconds": seconds}

@@ -190,7 +190,7 @@ def load_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Modul
 def run_images(args: argparse.Namespace, todo: list[int], device: torch.device, is_main: bool) -> int:
     """Predict and write ``todo`` (indices into the list); returns how many images were processed."""
     model = load_model(args, device)
-    msf = VOC12ImageDatasetMSF(args.infer_list, args.voc12_root, args.scales, model.normalize)
+    msf = VOC12ImageDatasetMSF(args.infer_list, args.voc12_root, args.scales, normalize=model.normalize)
     # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
     pin = device.type == "cuda"
     loader = DataLoader(Subset(msf, todo), batch_size=None, num_workers=args.num_workers, pin_memory=pin)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+import infer_cls_ser
+from tool import layout
 from tool.fileio import atomic_write_text, load_label_png, load_scores
 from tool.pyutils import setup_logger
 from voc12.voc import load_img_id_list, segmentation_path, voc_palette
@@ -198,6 +200,10 @@ class Pipeline:
         network = [] if stage == "pretrain" else ["--network", BACKBONES[self.args.backbone][stage.rpartition("_")[2]]]
         return [*network, *common, *train, *p.get(stage, []), *shlex.split(getattr(self.args, f"{stage}_args"))]
 
+    def crf_alphas(self) -> list[float]:
+        """The effective ``--crf_alphas`` of the infer_cls stage (its preset and user flags): the CRF folders."""
+        return infer_cls_ser.crf_alphas_of(self.flags("infer_cls"))
+
     def all_exist(self, folder: Path, ids: list[str], suffix: str) -> bool:
         return folder.is_dir() and all((folder / f"{i}{suffix}").exists() for i in ids)
 
@@ -265,7 +271,7 @@ class Pipeline:
         ids = load_img_id_list(self.infer_list)
         cam, cam_pred, crf = out / "cam", out / "cam_pred", out / "crf"
         done = all(self.all_exist(d, ids, s) for d, s in ((cam, ".npz"), (cam_pred, ".png")))
-        done = done and all(self.all_exist(Path(f"{crf}_{a}"), ids, ".npz") for a in ("4.0", "24.0"))
+        done = done and all(self.all_exist(layout.crf_dir(crf, a), ids, ".npz") for a in self.crf_alphas())
         if not done:
             flags = [
                 "--weights", str(session.with_suffix(".pth")), "--infer_list", str(self.infer_list),
@@ -280,10 +286,11 @@ class Pipeline:
         out = self.run_dir(variant, seed)
         name = f"{variant}/seed{seed}"
         session = out / "resnet38_aff"
+        la_crf, ha_crf = layout.la_ha_crf_dirs(out / "crf", self.crf_alphas())
         if not session.with_suffix(".pth").exists():
             flags = [
                 "--voc12_root", str(self.voc12_root), "--train_list", str(self.train_list),
-                "--la_crf_dir", str(out / "crf_4.0"), "--ha_crf_dir", str(out / "crf_24.0"),
+                *("--la_crf_dir", str(la_crf), "--ha_crf_dir", str(ha_crf)),
                 "--session_name", str(session), "--tblog_dir", str(out / "tb_aff"), "--weights", self.weights,
                 "--seed", str(seed),
             ]  # fmt: skip
@@ -365,7 +372,7 @@ class Pipeline:
         rows = []
         for i in self.figure_ids(out, n):
             image = np.asarray(load_rgb(jpeg_path(self.voc12_root, i)))
-            keys, scores = load_scores(out / "crf_4.0" / f"{i}.npz", kind="crf")
+            keys, scores = load_scores(layout.crf_dir(out / "crf", min(self.crf_alphas())) / f"{i}.npz", kind="crf")
             labels = (
                 load_label_png(segmentation_path(self.voc12_root, i)),
                 load_label_png(out / "cam_pred" / f"{i}.png"),

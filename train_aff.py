@@ -1,4 +1,4 @@
-"""Train AffinityNet from the CRF-refined CAMs (SPEC section 5).
+"""Train AffinityNet from the CRF-refined CAMs (docs/method.md#affinitynet).
 
     python train_aff.py --voc12_root VOC2012 --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params \
         --la_crf_dir out_crf_4.0 --ha_crf_dir out_crf_24.0
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 
+from engine import training
 from network.resnet38_aff import affinity_loss
-from tool import cli, training
+from tool import cli
 from voc12.data import VOC12AffDataset
 from voc12.voc import load_img_id_list
 
@@ -54,9 +55,14 @@ def main(args: argparse.Namespace) -> dict:
     load_img_id_list(args.train_list)  # duplicate ids are an error here: they would weigh twice
     model = training.build_model(args)
     dataset = VOC12AffDataset(
-        args.train_list, args.voc12_root, args.la_crf_dir, args.ha_crf_dir, crop_size=args.crop_size,
-        allow_pickle=args.allow_pickle, normalize=model.normalize,
-    )  # fmt: skip
+        args.train_list,
+        args.voc12_root,
+        args.la_crf_dir,
+        args.ha_crf_dir,
+        crop_size=args.crop_size,
+        allow_pickle=args.allow_pickle,
+        normalize=model.normalize,
+    )
     return training.train(args, model, dataset, loss_fn)
 
 

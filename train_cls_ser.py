@@ -1,4 +1,4 @@
-"""Train the SSENet CAM network (SPEC section 3).
+"""Train the SSENet CAM network (docs/method.md#ssenet-training).
 
     python train_cls_ser.py --voc12_root VOC2012 --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params
 
@@ -14,8 +14,9 @@ import argparse
 import torch
 from torch.utils.data import DataLoader
 
+from engine import training
 from network.resnet38_cls_ser import classification_loss, ssenet_loss
-from tool import cli, training
+from tool import cli
 from tool.visualization import cam_panel
 from voc12.data import TrainClsTransform, ValClsTransform, VOC12ClsDataset
 from voc12.make_cls_labels import load_or_build_cls_labels
@@ -107,14 +108,15 @@ def main(args: argparse.Namespace) -> dict:
     val_ids = load_img_id_list(args.val_list) if args.val_list else []
     labels = load_or_build_cls_labels(args.voc12_root, ids + val_ids, args.cls_labels)
     # The network's own input normalisation (ImageNet for ResNet38, Caffe BGR means for VGG16).
-    transform = TrainClsTransform(tuple(args.resize_long), args.crop_size, model.normalize)
+    transform = TrainClsTransform(tuple(args.resize_long), args.crop_size, normalize=model.normalize)
     dataset = VOC12ClsDataset(args.train_list, args.voc12_root, labels, transform)
     val_fn = None
     if args.val_list:
-        val_transform = ValClsTransform(args.val_crop_size, model.normalize)
+        val_transform = ValClsTransform(args.val_crop_size, normalize=model.normalize)
         val_set = VOC12ClsDataset(args.val_list, args.voc12_root, labels, val_transform)
-        val_loader = DataLoader(val_set, batch_size=max(1, args.batch_size // args.accum_steps), shuffle=False,
-                                num_workers=args.num_workers)  # fmt: skip
+        val_loader = DataLoader(
+            val_set, batch_size=max(1, args.batch_size // args.accum_steps), shuffle=False, num_workers=args.num_workers
+        )
 
         def val_fn(model, device):
             return evaluate(model, val_loader, device)

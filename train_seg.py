@@ -28,7 +28,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from network.resnet38_seg import segmentation_loss
-from tool import cli, imutils, training
+from engine import training
+from tool import cli, imutils
 from tool.fileio import load_label_png
 from tool.metrics import confusion, scores_from_confusion
 from tool.visualization import seg_panel

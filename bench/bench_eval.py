@@ -1,4 +1,4 @@
-"""Benchmark of ``evaluation.py`` (SPEC section 7) on synthetic VOC-sized data.
+"""Benchmark of ``evaluation.py`` (docs/method.md#evaluation) on synthetic VOC-sized data.
 
 Generates palette PNG pairs (500x375, ground truth with 255 borders, a
 prediction that roughly agrees) and CAM ``.npz`` files in a temporary folder,

@@ -1,4 +1,4 @@
-"""Benchmark of ``infer_cls_ser.py`` (SPEC section 4) against a reference-style serial loop.
+"""Benchmark of ``infer_cls_ser.py`` (docs/method.md#ssenet-inference) against a reference-style serial loop.
 
 On a toy VOC set (``voc12.make_toy_voc``) and a random-init 1/8-width SSENet,
 both write the same outputs (CAM ``.npz``, CAM prediction PNG, CRF scores for
@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import infer_cls_ser  # noqa: E402
 from bench.benchutils import cpu_model, write_section  # noqa: E402
 from network.resnet38_cls_ser import Net  # noqa: E402
+from tool import layout  # noqa: E402
 from tool.crf import crf_scores_with_alpha  # noqa: E402
 from tool.fileio import load_scores, save_png, save_scores  # noqa: E402
 from voc12.data import VOC12ClsDatasetMSF  # noqa: E402
@@ -59,7 +60,7 @@ def reference_style(args: argparse.Namespace, out: Path) -> tuple[int, float, fl
     Returns the number of images and the wall seconds spent in the network (with the CAM maths) and in the CRF.
     """
     labels = load_or_build_cls_labels(args.voc12_root, load_img_id_list(args.infer_list), args.cls_labels)
-    dataset = VOC12ClsDatasetMSF(args.infer_list, args.voc12_root, labels, args.scales)
+    dataset = VOC12ClsDatasetMSF(args.infer_list, args.voc12_root, labels, args.scales, normalize=Net.normalize)
     loader = DataLoader(dataset, batch_size=None, num_workers=args.num_workers)
     model = Net(width_mult=WIDTH)
     model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
@@ -87,7 +88,7 @@ def reference_style(args: argparse.Namespace, out: Path) -> tuple[int, float, fl
         start = time.perf_counter()
         for alpha in args.crf_alphas:
             crf_keys, scores = crf_scores_with_alpha(image, keys, norm_cam[keys], alpha)
-            save_scores(out / f"crf_{float(alpha)}" / f"{item['id']}.npz", crf_keys, scores, kind="crf")
+            save_scores(layout.crf_dir(out / "crf", alpha) / f"{item['id']}.npz", crf_keys, scores, kind="crf")
         t_crf += time.perf_counter() - start
     return len(dataset), t_net, t_crf
 
@@ -134,13 +135,31 @@ def main() -> None:
         load_or_build_cls_labels(tmp / "voc", ids, tmp / "labels.npz")
 
         def args_for(out: Path, *extra: str) -> argparse.Namespace:
-            return infer_cls_ser.get_args_parser().parse_args([
-                "--weights", str(tmp / "weights.pth"), "--width_mult", str(WIDTH), "--voc12_root", str(tmp / "voc"),
-                "--infer_list", str(list_path), "--cls_labels", str(tmp / "labels.npz"),
-                "--num_workers", str(cli.num_workers), "--device", "cpu",
-                "--out_cam", str(out / "cam"), "--out_cam_pred", str(out / "pred"), "--out_crf", str(out / "crf"),
-                *extra,
-            ])  # fmt: skip
+            return infer_cls_ser.get_args_parser().parse_args(
+                [
+                    "--weights",
+                    str(tmp / "weights.pth"),
+                    "--width_mult",
+                    str(WIDTH),
+                    "--voc12_root",
+                    str(tmp / "voc"),
+                    "--infer_list",
+                    str(list_path),
+                    "--cls_labels",
+                    str(tmp / "labels.npz"),
+                    "--num_workers",
+                    str(cli.num_workers),
+                    "--device",
+                    "cpu",
+                    "--out_cam",
+                    str(out / "cam"),
+                    "--out_cam_pred",
+                    str(out / "pred"),
+                    "--out_crf",
+                    str(out / "crf"),
+                    *extra,
+                ]
+            )
 
         # Warm-up (imports, page cache, first-call allocations), not timed.
         infer_cls_ser.main(args_for(tmp / "warm", "--scales", "1.0"))

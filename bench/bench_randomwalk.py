@@ -1,4 +1,4 @@
-"""Benchmark of the random walk (SPEC section 6): the reference dense algorithm against ours.
+"""Benchmark of the random walk (docs/method.md#random-walk): the reference dense algorithm against ours.
 
 The reference builds the dense N x N transition matrix T and squares it logt
 times; ``tool.randomwalk.propagate`` (sparse mode) multiplies by a sparse T
@@ -41,21 +41,33 @@ SECTION = "## Random walk"
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Random walk: dense reference vs sparse propagation", add_help=True)
-    parser.add_argument("--grids", nargs="+", default=["47x63", "94x125"],
-                        help="feature grids HxW (47x63: a 500x375 VOC image; 94x125: 1000x752)")  # fmt: skip
+    parser.add_argument(
+        "--grids",
+        nargs="+",
+        default=["47x63", "94x125"],
+        help="feature grids HxW (47x63: a 500x375 VOC image; 94x125: 1000x752)",
+    )
     parser.add_argument("--quick", action="store_true", help="small grids (24x32, 47x63), 2 sparse runs, 1 dense run")
     parser.add_argument("--channels", type=int, default=21, help="score channels (VOC: background + 20)")
     parser.add_argument("--beta", type=float, default=8, help="affinity exponent (reference: 8)")
     parser.add_argument("--logt", type=int, default=8, help="log2 of the number of steps (reference: 8)")
-    parser.add_argument("--inputs", choices=["scene", "random"], default="scene",
-                        help="scene: objects with AffinityNet-like affinities; random: uniform ones")  # fmt: skip
+    parser.add_argument(
+        "--inputs",
+        choices=["scene", "random"],
+        default="scene",
+        help="scene: objects with AffinityNet-like affinities; random: uniform ones",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of the sparse walk (minimum reported)")
     parser.add_argument("--dense_repeats", type=int, default=1, help="timed runs of the dense reference")
     parser.add_argument("--device", type=str, default="cpu", help="torch device for both methods")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads per case (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs")
-    parser.add_argument("--results", type=str, default=None,
-                        help=f"markdown file whose '{SECTION}' section is replaced by the results table")  # fmt: skip
+    parser.add_argument(
+        "--results",
+        type=str,
+        default=None,
+        help=f"markdown file whose '{SECTION}' section is replaced by the results table",
+    )
     parser.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker_inputs", type=str, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--save", type=str, default=None, help=argparse.SUPPRESS)
@@ -95,7 +107,7 @@ def make_inputs(h: int, w: int, channels: int, kind: str, seed: int) -> tuple[np
 
 
 def ground_truth(aff: np.ndarray, cams: np.ndarray, beta: float, logt: int) -> np.ndarray:
-    """v T^(2^logt) in float64 by 2^logt scipy sparse products (SPEC 6, written independently)."""
+    """v T^(2^logt) in float64 by 2^logt scipy sparse products (docs/method.md#random-walk, written independently)."""
     c, h, w = cams.shape
     idx_from, idx_to = pair_indices(h, w)
     pix_from = np.broadcast_to(idx_from, idx_to.shape).reshape(-1)

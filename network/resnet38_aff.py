@@ -1,4 +1,4 @@
-"""AffinityNet on ResNet38 (Ahn & Kwak, CVPR 2018; SPEC section 5).
+"""AffinityNet on ResNet38 (Ahn & Kwak, CVPR 2018; docs/method.md#affinitynet).
 
 Features from three depths are embedded, concatenated and compared pairwise:
 the affinity of two stride-8 grid pixels is ``exp(-mean_c |f_i - f_j|)`` for
@@ -15,6 +15,16 @@ from network import resnet38d
 from tool.randomwalk import DEFAULT_RADIUS, pair_indices
 
 
+def fusion_layer(f8_layers: tuple[nn.Conv2d, ...]) -> nn.Conv2d:
+    """The 1x1 f9 over the concatenated f8 features; initialises the f8 convs (He) and f9 (Xavier, gain 4)."""
+    embed = sum(layer.out_channels for layer in f8_layers)
+    f9 = nn.Conv2d(embed, embed, 1, bias=False)
+    for layer in f8_layers:
+        nn.init.kaiming_normal_(layer.weight)
+    nn.init.xavier_uniform_(f9.weight, gain=4)
+    return f9
+
+
 class Net(resnet38d.Net):
     new_layer_names = ("f8_3", "f8_4", "f8_5", "f9")
 
@@ -25,11 +35,7 @@ class Net(resnet38d.Net):
         self.f8_3 = nn.Conv2d(c(512, width_mult), c(64, width_mult), 1, bias=False)
         self.f8_4 = nn.Conv2d(c(1024, width_mult), c(128, width_mult), 1, bias=False)
         self.f8_5 = nn.Conv2d(c(4096, width_mult), c(256, width_mult), 1, bias=False)
-        embed = self.f8_3.out_channels + self.f8_4.out_channels + self.f8_5.out_channels
-        self.f9 = nn.Conv2d(embed, embed, 1, bias=False)
-        for layer in (self.f8_3, self.f8_4, self.f8_5):
-            nn.init.kaiming_normal_(layer.weight)
-        nn.init.xavier_uniform_(self.f9.weight, gain=4)
+        self.f9 = fusion_layer((self.f8_3, self.f8_4, self.f8_5))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The affinity feature map, (N, 448, H/8, W/8) at full width."""
@@ -71,7 +77,7 @@ def dense_affinity_matrix(aff: torch.Tensor, h: int, w: int, radius: int = DEFAU
 def affinity_loss(
     aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor, eps: float = 1e-5
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``L = L_bg / 4 + L_fg / 4 + L_neg / 2`` (SPEC section 5).
+    """``L = L_bg / 4 + L_fg / 4 + L_neg / 2`` (docs/method.md#affinitynet).
 
     ``L_bg``, ``L_fg``: mean ``-log(a + eps)`` over background / foreground positive
     pairs; ``L_neg``: mean ``-log(1 + eps - a)`` over negative pairs. All tensors

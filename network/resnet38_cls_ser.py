@@ -1,7 +1,7 @@
-"""SSENet classification network: ResNet38 + a 1x1 CAM head (SPEC section 2).
+"""SSENet classification network: ResNet38 + a 1x1 CAM head (docs/method.md#ssenet-network).
 
 The output is the class activation map itself, upsampled to the input size, so
-the scale-equivariance loss (SPEC section 3) can compare maps of two input
+the scale-equivariance loss (docs/method.md#ssenet-training) can compare maps of two input
 scales directly and the image-level score is its spatial mean.
 """
 
@@ -58,7 +58,7 @@ def ser_loss(cam_small: torch.Tensor, cam_rescaled: torch.Tensor, labels: torch.
 def ssenet_loss(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, branch_rate: float = 0.3, ser_weight: float = 1.0
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``L = (L_cls + L_cls_s) / 2 + ser_weight * L_ser`` (SPEC section 3).
+    """``L = (L_cls + L_cls_s) / 2 + ser_weight * L_ser`` (docs/method.md#ssenet-training).
 
     ``ser_weight = 0`` is the baseline: no scale branch, ``L = L_cls``.
     Returns the loss and its parts (``cam`` and ``cam_small`` for visualisation).

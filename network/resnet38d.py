@@ -1,4 +1,4 @@
-"""ResNet38 backbone ("wide ResNet-38, a1", Wu et al. 2016), output stride 8 (SPEC section 1).
+"""ResNet38 backbone ("wide ResNet-38, a1", Wu et al. 2016), output stride 8 (docs/method.md#resnet38).
 
 Pre-activation residual blocks: each block's BatchNorm + ReLU output feeds both
 its residual path and, when the shape changes, its 1x1 shortcut. The last three
@@ -34,14 +34,23 @@ def scaled(channels: int, width_mult: float) -> int:
     return max(1, int(round(channels * width_mult)))
 
 
-class ResBlock(nn.Module):
+class _PreActivationBlock(nn.Module):
+    """What both residual blocks share: BN-ReLU of the input, the shortcut and the first branch conv."""
+
+    def _pre_activation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x_bn_relu = F.relu(self.bn_branch2a(x))
+        shortcut = x if self.same_shape else self.conv_branch1(x_bn_relu)
+        return x_bn_relu, shortcut, self.conv_branch2a(x_bn_relu)
+
+
+class ResBlock(_PreActivationBlock):
     """Two 3x3 convolutions, pre-activation; 1x1 shortcut when the shape changes."""
 
     def __init__(self, in_ch, mid_ch, out_ch, stride=1, first_dilation=None, dilation=1):
         super().__init__()
         first_dilation = dilation if first_dilation is None else first_dilation
         self.same_shape = in_ch == out_ch and stride == 1
-        # Registration order fixes the state-dict order of spec/resnet38_*_keys.txt.
+        # Registration order fixes the state-dict order of tests/data/resnet38_*_keys.txt.
         self.bn_branch2a = nn.BatchNorm2d(in_ch)
         self.conv_branch2a = nn.Conv2d(
             in_ch, mid_ch, 3, stride, padding=first_dilation, dilation=first_dilation, bias=False
@@ -53,14 +62,12 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (block output, the block's BN-ReLU'd input)."""
-        x_bn_relu = F.relu(self.bn_branch2a(x))
-        shortcut = x if self.same_shape else self.conv_branch1(x_bn_relu)
-        branch = self.conv_branch2a(x_bn_relu)
+        x_bn_relu, shortcut, branch = self._pre_activation(x)
         branch = self.conv_branch2b1(F.relu(self.bn_branch2b1(branch)))
         return shortcut + branch, x_bn_relu
 
 
-class ResBlockBottleneck(nn.Module):
+class ResBlockBottleneck(_PreActivationBlock):
     """1x1 -> 3x3 (dilated) -> 1x1 with Dropout2d, pre-activation, 1x1 shortcut."""
 
     def __init__(self, in_ch, out_ch, stride=1, dilation=1, dropout=0.0):
@@ -78,12 +85,27 @@ class ResBlockBottleneck(nn.Module):
             self.conv_branch1 = nn.Conv2d(in_ch, out_ch, 1, stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x_bn_relu = F.relu(self.bn_branch2a(x))
-        shortcut = x if self.same_shape else self.conv_branch1(x_bn_relu)
-        branch = self.conv_branch2a(x_bn_relu)
+        x_bn_relu, shortcut, branch = self._pre_activation(x)
         branch = self.conv_branch2b1(self.dropout_2b1(F.relu(self.bn_branch2b1(branch))))
         branch = self.conv_branch2b2(self.dropout_2b2(F.relu(self.bn_branch2b2(branch))))
         return shortcut + branch, x_bn_relu
+
+
+# ImageNet statistics used by the MXNet ResNet38 (RGB order), docs/method.md#resnet38.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)
+_STD = np.asarray(IMAGENET_STD, dtype=np.float32)
+
+
+def normalize(img: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB uint8 -> float32 ``(x / 255 - mean) / std`` with the ImageNet statistics: ResNet38's input."""
+    return imutils.normalize(img, _MEAN, _STD)
+
+
+def denormalize(img: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`normalize` for display: float32 (H, W, 3) -> uint8, rounded and clipped."""
+    return imutils.denormalize(img, _MEAN, _STD)
 
 
 class Net(nn.Module):
@@ -94,8 +116,8 @@ class Net(nn.Module):
     #: every layer of the head (absent from ImageNet weights); more than new_layer_names only for VGG16 AffinityNet
     head_layer_names: tuple[str, ...] = ()
     #: the input normalisation this network was trained with (ImageNet mean / std), used by every dataset and script
-    normalize = staticmethod(imutils.normalize)
-    denormalize = staticmethod(imutils.denormalize)
+    normalize = staticmethod(normalize)
+    denormalize = staticmethod(denormalize)
 
     def __init__(self, width_mult: float = 1.0):
         super().__init__()

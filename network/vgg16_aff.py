@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from network import vgg16d
-from network.resnet38_aff import pair_affinities
+from network.resnet38_aff import fusion_layer, pair_affinities
 from network.resnet38d import scaled
 from tool.randomwalk import DEFAULT_RADIUS
 
@@ -44,11 +44,7 @@ class Net(vgg16d.Net):
         self.gn8_3 = group_norm(8, c(64))
         self.gn8_4 = group_norm(16, c(128))
         self.gn8_5 = group_norm(32, c(256))
-        embed = self.f8_3.out_channels + self.f8_4.out_channels + self.f8_5.out_channels
-        self.f9 = nn.Conv2d(embed, embed, 1, bias=False)
-        for layer in (self.f8_3, self.f8_4, self.f8_5):
-            nn.init.kaiming_normal_(layer.weight)
-        nn.init.xavier_uniform_(self.f9.weight, gain=4)
+        self.f9 = fusion_layer((self.f8_3, self.f8_4, self.f8_5))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The affinity feature map, (N, 448, H/8, W/8) at full width."""

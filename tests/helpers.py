@@ -11,7 +11,7 @@ HEAD_LAYERS = {"fc8", "f8_3", "f8_4", "f8_5", "f9"}
 def fill_reference_weights(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Fill ``model`` with the weights the reference vectors were computed with.
 
-    The rule of reference_vectors/README.md: one default_rng(seed), the state dict
+    The rule of tests/data/README.md: one default_rng(seed), the state dict
     walked in sorted name order (num_batches_tracked skipped), float64 draws cast to float32.
     """
     g = np.random.default_rng(seed)

@@ -1,4 +1,4 @@
-"""AffinityNet stage: the affinity loss, train_aff.py and infer_aff.py (SPEC sections 5 and 6)."""
+"""AffinityNet stage: the affinity loss, train_aff.py and infer_aff.py (docs/method.md#affinitynet, #random-walk)."""
 
 from __future__ import annotations
 
@@ -86,13 +86,36 @@ def train_args(toy: dict, session: Path, *extra: str) -> argparse.Namespace:
     base = toy["base"]
     return train_aff.get_args_parser().parse_args(
         [
-            "--voc12_root", str(toy["root"]), "--train_list", str(toy["train_list"]),
-            "--la_crf_dir", str(base / "crf_4.0"), "--ha_crf_dir", str(base / "crf_24.0"),
-            "--session_name", str(session), "--tblog_dir", "", "--from_scratch", "--width_mult", str(WIDTH),
-            "--crop_size", "72", "--batch_size", "2", "--max_epoches", "1", "--num_workers", "0",
-            "--device", "cpu", "--bn_calib_batches", "1", *extra,
+            "--voc12_root",
+            str(toy["root"]),
+            "--train_list",
+            str(toy["train_list"]),
+            "--la_crf_dir",
+            str(base / "crf_4.0"),
+            "--ha_crf_dir",
+            str(base / "crf_24.0"),
+            "--session_name",
+            str(session),
+            "--tblog_dir",
+            "",
+            "--from_scratch",
+            "--width_mult",
+            str(WIDTH),
+            "--crop_size",
+            "72",
+            "--batch_size",
+            "2",
+            "--max_epoches",
+            "1",
+            "--num_workers",
+            "0",
+            "--device",
+            "cpu",
+            "--bn_calib_batches",
+            "1",
+            *extra,
         ]
-    )  # fmt: skip
+    )
 
 
 def test_train_aff_steps_and_resumes(toy, tmp_path):
@@ -117,11 +140,25 @@ def test_train_aff_missing_crf_file_is_named(toy, tmp_path):
 def infer_args(toy: dict, out: Path, *extra: str) -> argparse.Namespace:
     return infer_aff.get_args_parser().parse_args(
         [
-            "--weights", str(toy["weights"]), "--infer_list", str(toy["train_list"]),
-            "--cam_dir", str(toy["base"] / "cam"), "--voc12_root", str(toy["root"]), "--out_rw", str(out / "rw"),
-            "--width_mult", str(WIDTH), "--num_workers", "0", "--device", "cpu", *extra,
+            "--weights",
+            str(toy["weights"]),
+            "--infer_list",
+            str(toy["train_list"]),
+            "--cam_dir",
+            str(toy["base"] / "cam"),
+            "--voc12_root",
+            str(toy["root"]),
+            "--out_rw",
+            str(out / "rw"),
+            "--width_mult",
+            str(WIDTH),
+            "--num_workers",
+            "0",
+            "--device",
+            "cpu",
+            *extra,
         ]
-    )  # fmt: skip
+    )
 
 
 def test_infer_aff_writes_labels_and_scores_and_skips(toy, tmp_path):

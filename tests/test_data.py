@@ -1,4 +1,4 @@
-"""Tests of voc12/data.py: affinity labels and the three datasets on a tiny fake VOC tree (SPEC 3, 4, 5)."""
+"""voc12/data.py: affinity labels, datasets (docs/method.md#ssenet-training, #ssenet-inference, #affinitynet)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from network.resnet38d import normalize
 from tool import imutils
 from tool.fileio import save_scores
 from tool.randomwalk import pair_indices
@@ -64,7 +65,7 @@ def test_affinity_labels_hand_counts():
 
 
 def test_affinity_labels_match_pair_loop():
-    # Plain per-pair definition from SPEC 5 over tool.randomwalk's flat pair indices.
+    # Plain per-pair definition from docs/method.md#affinity-labels over tool.randomwalk's flat pair indices.
     rng = np.random.default_rng(0)
     label = rng.choice(np.array([0, 2, 7, 255], np.uint8), size=(13, 16), p=[0.4, 0.25, 0.25, 0.1])
     idx_from, idx_to = pair_indices(13, 16)
@@ -133,7 +134,9 @@ def _items_equal(a, b) -> bool:
 
 def test_cls_dataset_train_transform(voc):
     root, labels = voc
-    ds = VOC12ClsDataset(root / "train.txt", root, labels, transform=TrainClsTransform((48, 64), crop_size=72))
+    ds = VOC12ClsDataset(
+        root / "train.txt", root, labels, transform=TrainClsTransform((48, 64), crop_size=72, normalize=normalize)
+    )
     assert len(ds) == 3 and ds.ids[1] == "2007_000002"
     image_id, img, label = ds[1]
     assert image_id == "2007_000002"
@@ -157,7 +160,9 @@ def test_cls_dataset_without_transform_returns_pil(voc):
 
 def test_loader_is_deterministic_with_workers(voc):
     root, labels = voc
-    ds = VOC12ClsDataset(root / "train.txt", root, labels, transform=TrainClsTransform((48, 64), crop_size=48))
+    ds = VOC12ClsDataset(
+        root / "train.txt", root, labels, transform=TrainClsTransform((48, 64), crop_size=48, normalize=normalize)
+    )
     pickle.dumps(ds)  # workers under spawn need a picklable dataset
 
     def run(seed: int) -> list[torch.Tensor]:
@@ -172,18 +177,18 @@ def test_loader_is_deterministic_with_workers(voc):
 
 def test_val_transform_centres_image(voc):
     root, labels = voc
-    ds = VOC12ClsDataset(root / "train.txt", root, labels, transform=ValClsTransform(crop_size=64))
+    ds = VOC12ClsDataset(root / "train.txt", root, labels, transform=ValClsTransform(crop_size=64, normalize=normalize))
     _, img, _ = ds[0]  # 40 x 56 image in a 64 x 64 canvas at top 12, left 4
     assert img.shape == (3, 64, 64)
     with Image.open(root / "JPEGImages" / "2007_000001.jpg") as pil:
-        expected = imutils.hwc_to_chw(imutils.normalize(np.asarray(pil.convert("RGB"))))
+        expected = imutils.hwc_to_chw(normalize(np.asarray(pil.convert("RGB"))))
     np.testing.assert_array_equal(img[:, 12:52, 4:60].numpy(), expected)
     assert img.abs().sum() == pytest.approx(np.abs(expected).sum(), rel=1e-6)
 
 
 def test_msf_dataset(voc):
     root, labels = voc
-    ds = VOC12ClsDatasetMSF(root / "train.txt", root, labels, scales=(1.0, 0.5, 1.5))
+    ds = VOC12ClsDatasetMSF(root / "train.txt", root, labels, scales=(1.0, 0.5, 1.5), normalize=normalize)
     item = ds[2]  # 64 x 130
     assert item["id"] == "2007_000003"
     assert item["image"].dtype == torch.uint8 and item["image"].shape == (64, 130, 3)
@@ -198,7 +203,7 @@ def test_msf_dataset(voc):
 
 def test_aff_dataset_shapes_and_determinism(voc):
     root, _ = voc
-    ds = VOC12AffDataset(root / "train.txt", root, root / "la", root / "ha", crop_size=96)
+    ds = VOC12AffDataset(root / "train.txt", root, root / "la", root / "ha", crop_size=96, normalize=normalize)
     torch.manual_seed(0)
     item = ds[0]
     img, bg_pos, fg_pos, neg = item
@@ -218,7 +223,9 @@ def test_aff_dataset_shapes_and_determinism(voc):
 
 def test_aff_dataset_constant_scores_give_foreground_pairs(voc):
     root, _ = voc
-    ds = VOC12AffDataset(root / "one.txt", root, root / "const_la", root / "const_ha", crop_size=96)
+    ds = VOC12AffDataset(
+        root / "one.txt", root, root / "const_la", root / "const_ha", crop_size=96, normalize=normalize
+    )
     _, bg_pos, fg_pos, neg = ds[0]
     # every cell is class index 1 in both stacks and the crop has no padding
     assert fg_pos.sum() == 34 * 32 and bg_pos.sum() == 0 and neg.sum() == 0
@@ -231,12 +238,12 @@ def test_missing_files_are_named(voc, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"2007_999999.*JPEGImages"):
         VOC12ClsDataset(bad_list, root, {**labels, "2007_999999": np.zeros(20)})
     with pytest.raises(KeyError, match="2007_999999"):
-        VOC12ClsDatasetMSF(bad_list, root, labels)
+        VOC12ClsDatasetMSF(bad_list, root, labels, normalize=normalize)
 
     empty_crf = tmp_path / "empty_crf"
     empty_crf.mkdir()
     with pytest.raises(FileNotFoundError, match=r"CRF score.*empty_crf.*2007_000001"):
-        VOC12AffDataset(root / "train.txt", root, root / "la", empty_crf, crop_size=96)
+        VOC12AffDataset(root / "train.txt", root, root / "la", empty_crf, crop_size=96, normalize=normalize)
 
 
 def test_aff_dataset_crf_mismatch(voc, tmp_path):
@@ -244,10 +251,10 @@ def test_aff_dataset_crf_mismatch(voc, tmp_path):
     h, w = IMAGE_SIZES["2007_000002"]
     save_scores(tmp_path / "ha" / "2007_000002.npz", [0, 4], np.full((2, h, w), 0.5, np.float32), kind="crf")
     save_scores(tmp_path / "small" / "2007_000002.npz", CRF_KEYS, np.full((3, h - 1, w), 0.3, np.float32), kind="crf")
-    ds = VOC12AffDataset(root / "one.txt", root, root / "la", tmp_path / "ha", crop_size=96)
+    ds = VOC12AffDataset(root / "one.txt", root, root / "la", tmp_path / "ha", crop_size=96, normalize=normalize)
     with pytest.raises(ValueError, match=r"disagree on keys.*la/2007_000002.npz.*ha/2007_000002.npz"):
         ds[0]
-    ds = VOC12AffDataset(root / "one.txt", root, root / "la", tmp_path / "small", crop_size=96)
+    ds = VOC12AffDataset(root / "one.txt", root, root / "la", tmp_path / "small", crop_size=96, normalize=normalize)
     with pytest.raises(ValueError, match=r"small/2007_000002.npz.*2007_000002"):
         ds[0]
 
@@ -255,4 +262,4 @@ def test_aff_dataset_crf_mismatch(voc, tmp_path):
 def test_aff_dataset_rejects_crop_too_small_for_radius(voc):
     root, _ = voc
     with pytest.raises(ValueError, match="too small"):
-        VOC12AffDataset(root / "one.txt", root, root / "la", root / "ha", crop_size=64)
+        VOC12AffDataset(root / "one.txt", root, root / "la", root / "ha", crop_size=64, normalize=normalize)

@@ -1,4 +1,4 @@
-"""Tests of the evaluation maths (tool/metrics.py) and the evaluation.py script (SPEC section 7)."""
+"""Tests of the evaluation maths (tool/metrics.py) and the evaluation.py script (docs/method.md#evaluation)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ N = 21
 
 
 # ----------------------------------------------------------------------------
-# Plain implementations written from SPEC section 7, to compare against
+# Plain implementations written from docs/method.md#evaluation, to compare against
 # ----------------------------------------------------------------------------
 def naive_counts(pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """T, P, TP per class with one boolean mask per class, like the reference."""
@@ -427,9 +427,15 @@ def test_cli_error_exits_nonzero_without_traceback(dataset):
     root = dataset["root"]
     (root / "pred" / f"{IDS[2]}.png").unlink()
     proc = run_cli(
-        "--list", str(root / "list.txt"), "--gt_dir", str(root / "gt"), "--predict_dir", str(root / "pred"),
-        "--logfile", "",
-    )  # fmt: skip
+        "--list",
+        str(root / "list.txt"),
+        "--gt_dir",
+        str(root / "gt"),
+        "--predict_dir",
+        str(root / "pred"),
+        "--logfile",
+        "",
+    )
     assert proc.returncode == 1
     assert f"prediction not found: {root / 'pred' / IDS[2]}.png" in proc.stderr
     assert "Traceback" not in proc.stderr

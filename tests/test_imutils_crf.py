@@ -1,4 +1,4 @@
-"""Tests of tool/imutils.py and tool/crf.py (SPEC 3, 4, 5)."""
+"""Tests of tool/imutils.py and tool/crf.py (docs/method.md#ssenet-training, #ssenet-inference, #affinitynet)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from network import resnet38d
 from tool import imutils
 from tool.crf import crf_inference, crf_scores_with_alpha
 
@@ -25,7 +26,7 @@ def coord_image(h: int, w: int) -> np.ndarray:
 
 def test_normalize_known_values_and_round_trip():
     img = np.array([[[0, 0, 0], [255, 255, 255]]], dtype=np.uint8)
-    out = imutils.normalize(img)
+    out = resnet38d.normalize(img)
     assert out.dtype == np.float32 and out.shape == (1, 2, 3)
     # black: -mean/std = (-0.485/0.229, -0.456/0.224, -0.406/0.225) = (-2.1179, -2.0357, -1.8044)
     np.testing.assert_allclose(out[0, 0], [-2.117904, -2.035714, -1.804444], atol=1e-5)
@@ -34,12 +35,12 @@ def test_normalize_known_values_and_round_trip():
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(imutils.denormalize(imutils.normalize(img)), img)
+    np.testing.assert_array_equal(resnet38d.denormalize(resnet38d.normalize(img)), img)
 
 
 def test_normalize_rejects_non_rgb():
     with pytest.raises(ValueError, match="RGB"):
-        imutils.normalize(np.zeros((4, 4), np.uint8))
+        resnet38d.normalize(np.zeros((4, 4), np.uint8))
 
 
 def test_hwc_to_chw():
@@ -168,7 +169,7 @@ def test_pool_scores_pads_with_zeros():
 def test_msf_inputs_match_reference():
     ref = np.load(DATA / "msf_inputs.npz", allow_pickle=False)
     scales = (1.0, 0.5, 1.5, 2.0)
-    out = imutils.msf_inputs(Image.fromarray(ref["image"]), scales)
+    out = imutils.msf_inputs(Image.fromarray(ref["image"]), scales, resnet38d.normalize)
     assert len(out) == 4
     for s, pair in zip(scales, out, strict=True):
         assert pair.dtype == np.float32 and pair.shape == (2, *ref[f"scale_{s}"].shape)

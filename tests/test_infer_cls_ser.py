@@ -1,4 +1,4 @@
-"""Tests of infer_cls_ser.py (SPEC section 4): the CAM maths, the files it writes, skipping, atomicity, sharding.
+"""infer_cls_ser.py (docs/method.md#ssenet-inference): the CAM maths, its files, skipping, atomicity, sharding.
 
 A 3-image toy VOC tree (64 px) and a random-init Net(width_mult=1/8) keep every run to a few seconds on a CPU.
 """
@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 import infer_cls_ser
+from network import resnet38d
 from network.resnet38_cls_ser import Net
 from tests.helpers import fill_reference_weights
-from tool import imutils, torchutils
+from tool import imutils, layout, torchutils
 from tool.fileio import atomic_path, load_scores, remove_stale_temps
 from voc12.make_cls_labels import load_or_build_cls_labels
 from voc12.make_toy_voc import make_toy_voc
@@ -62,10 +63,21 @@ def toy(tmp_path_factory) -> dict:
 
 def make_args(toy: dict, out: Path, *extra: str, outputs: bool = True):
     argv = [
-        "--weights", str(toy["weights"]), "--width_mult", str(WIDTH), "--voc12_root", str(toy["root"]),
-        "--infer_list", str(toy["root"] / "ImageSets" / "Segmentation" / "train.txt"),
-        "--cls_labels", str(toy["base"] / "cls_labels.npz"), "--num_workers", "0", "--device", "cpu",
-    ]  # fmt: skip
+        "--weights",
+        str(toy["weights"]),
+        "--width_mult",
+        str(WIDTH),
+        "--voc12_root",
+        str(toy["root"]),
+        "--infer_list",
+        str(toy["root"] / "ImageSets" / "Segmentation" / "train.txt"),
+        "--cls_labels",
+        str(toy["base"] / "cls_labels.npz"),
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     if outputs:
         argv += ["--out_cam", str(out / "cam"), "--out_cam_pred", str(out / "pred"), "--out_crf", str(out / "crf")]
         argv += ["--out_vis", str(out / "vis")]
@@ -107,13 +119,13 @@ def test_infer_cams_equals_direct_computation():
     model = fill_reference_weights(Net(width_mult=WIDTH), seed=3).eval()
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, size=(37, 50, 3), dtype=np.uint8))
-    inputs = [torch.from_numpy(x) for x in imutils.msf_inputs(image, (1.0, 0.5, 1.5, 2.0))]
+    inputs = [torch.from_numpy(x) for x in imutils.msf_inputs(image, (1.0, 0.5, 1.5, 2.0), resnet38d.normalize)]
     label = torch.zeros(20)
     label[[2, 7, 14]] = 1
 
     norm_cam = infer_cls_ser.infer_cams(model, inputs, label, (37, 50), torch.device("cpu"))
 
-    # SPEC 4 written out: 8 separate forwards of one image, ReLU, resize to 37 x 50, mask, un-flip, sum, max-normalise.
+    # docs/method.md#ssenet-inference by hand: 8 forwards, ReLU, resize to 37 x 50, mask, un-flip, sum, max-norm.
     total = torch.zeros(20, 37, 50)
     raw_min = np.inf
     with torch.no_grad():
@@ -159,9 +171,10 @@ def test_cam_prediction_hand_values():
 
 
 def test_crf_dir_names_alpha_as_float():
-    assert infer_cls_ser.crf_dir("out/crf", 4) == Path("out/crf_4.0")
-    assert infer_cls_ser.crf_dir("out/crf", 24.0) == Path("out/crf_24.0")
-    assert infer_cls_ser.crf_dir("out/crf", 0.5) == Path("out/crf_0.5")
+    assert layout.crf_dir("out/crf", 4) == Path("out/crf_4.0")
+    assert layout.crf_dir("out/crf", 24.0) == Path("out/crf_24.0")
+    assert layout.crf_dir("out/crf", 0.5) == Path("out/crf_0.5")
+    assert layout.la_ha_crf_dirs("out/crf", [20, 3]) == (Path("out/crf_3.0"), Path("out/crf_20.0"))
 
 
 # --------------------------------------------------------------------------- a full run
@@ -328,8 +341,9 @@ def test_sigkill_midway_then_resume(toy, tmp_path):
         elif value is not None:
             argv += [f"--{key}", str(value)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / "cam").is_dir() or not any((out / "cam").glob("*.npz")):

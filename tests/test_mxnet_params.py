@@ -1,8 +1,8 @@
-"""Tests for tool/mxnet_params.py, the NumPy reader of MXNet ``.params`` files (SPEC.md section 1).
+"""Tests for tool/mxnet_params.py, the NumPy reader of MXNet ``.params`` files (docs/method.md#resnet38).
 
 Fixtures in tests/data/mxnet/ were written by MXNet 1.9.1; each ``X.params`` has an ``X.npz`` with the
 arrays it must read to. Legacy (pre-0.11) and V1 records have no MXNet-written fixture here, so those
-files are built byte by byte below from shared/mxnet_params/FORMAT.md sections 2-3.
+files are built byte by byte below from docs/formats.md#mxnet-params.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ FIXTURES = [
 NAMED = {name for name in FIXTURES if name != "unnamed_list"}
 
 # ---------------------------------------------------------------------------------------------
-# A minimal writer, test-only (FORMAT.md sections 2-4): header, records, name table.
+# A minimal writer, test-only (docs/formats.md#mxnet-params): header, records, name table.
 # ---------------------------------------------------------------------------------------------
 V1, V2, V3 = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
 CPU0 = struct.pack("<ii", 1, 0)  # context: dev_type 1 (cpu), dev_id 0
@@ -135,7 +135,7 @@ def test_bool_and_bfloat16_values() -> None:
 def test_unnamed_list_values() -> None:
     arrays = load(DATA / "unnamed_list.params")
     assert [a.dtype.name for a in arrays] == ["float32", "int32", "float64"]
-    assert arrays[0].tolist() == [[0, 1, 2], [3, 4, 5]]  # FORMAT.md section 7 hex example
+    assert arrays[0].tolist() == [[0, 1, 2], [3, 4, 5]]  # worked example of docs/formats.md#mxnet-params
     assert arrays[1].tolist() == [10, 20, 30, 40]
     assert arrays[2].ravel().tolist() == [-3.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5]
 
@@ -158,7 +158,7 @@ def test_edge_case_names_and_contexts() -> None:
     assert np.array_equal(arrays["arg:six_d"], np.arange(64, dtype=np.float32).reshape((2,) * 6))
 
 
-# sparse_v2 byte layout (FORMAT.md section 3), record 0 (row_sparse) starts at byte 24:
+# sparse_v2 byte layout (docs/formats.md#array-record), record 0 (row_sparse) starts at byte 24:
 # magic 4 + stype 4 + storage Shape64 (2, 3) 20 + Shape64 (4, 3) 20 + context 8 + flag 4
 # + aux flag 4 + aux Shape64 (2,) 12 + 6 float32 values 24 + 2 int64 row indices 16 = 116 bytes,
 # so record 1 (csr) starts at byte 140.
@@ -205,7 +205,7 @@ def test_resnet38_subset_matches_name_table() -> None:
     assert len(arrays) == 17
     for name, arr in arrays.items():
         assert arr.shape == table[name], name
-    # Size of the whole model saved in the legacy layout (FORMAT.md section 6 expects 436,873,620 B):
+    # Size of the whole model saved in the legacy layout (docs/formats.md#mxnet-params: 436,873,620 B):
     # header 24 + per record (ndim 4 + dims 4 ndim + context 8 + flag 4 + data 4 numel) + K 8 + per name (8 + len).
     records = sum(16 + 4 * len(shape) + 4 * int(np.prod(shape)) for shape in table.values())
     names = sum(8 + len(name.encode()) for name in table)
@@ -347,7 +347,7 @@ def test_every_truncation_is_reported(tmp_path: Path, fixture: str) -> None:
 
 
 def test_truncated_inside_data_names_offset_and_need(tmp_path: Path) -> None:
-    # unnamed_list record 0 (FORMAT.md section 7): magic 24, stype 28, ndim 32, dims 36-51,
+    # unnamed_list record 0 (worked example of docs/formats.md#mxnet-params): magic 24, stype 28, ndim 32, dims 36-51,
     # context 52-59, flag 60, data 64-87 (6 float32 = 24 bytes).
     data = (DATA / "unnamed_list.params").read_bytes()
     path = write(tmp_path, data[:70])

@@ -1,4 +1,4 @@
-"""ResNet38 backbone, SSENet CAM network and AffinityNet (SPEC sections 1, 2, 5)."""
+"""ResNet38 backbone, SSENet CAM network and AffinityNet (docs/method.md#resnet38, #ssenet-network, #affinitynet)."""
 
 from pathlib import Path
 
@@ -38,7 +38,7 @@ def test_state_dict_names_and_shapes_match_spec(fixture, spec, request):
 
 
 def test_full_width_parameter_count(cls_full):
-    # The guide quotes ~105 M parameters for the full-width network.
+    # docs/method.md#resnet38: 105,152,832 parameters at full width.
     n = sum(p.numel() for p in cls_full.parameters())
     assert 104e6 < n < 106e6
 

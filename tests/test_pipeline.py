@@ -13,16 +13,30 @@ from tool.fileio import load_label_png, load_scores
 from voc12.voc import load_img_id_list
 
 TINY = [
-    "--preset", "demo", "--ablation", "--toy_num_train", "8", "--toy_num_val", "2", "--toy_size", "72",
-    "--pretrain_num_images", "8", "--figure_images", "2",
-    "--pretrain_args", "--max_epoches 1 --batch_size 4 --crop_size 64 --resize_long 64 80 --val_crop_size 72 "
-                       "--num_workers 0",
-    "--train_cls_args", "--max_epoches 1 --batch_size 4 --crop_size 64 --resize_long 64 80 --val_crop_size 72 "
-                        "--num_workers 0",
-    "--infer_cls_args", "--num_workers 0 --crf_workers 0 --scales 1.0 0.5",
-    "--train_aff_args", "--max_epoches 1 --batch_size 4 --crop_size 72 --num_workers 0",
-    "--infer_aff_args", "--num_workers 0 --logt 4",
-]  # fmt: skip
+    "--preset",
+    "demo",
+    "--ablation",
+    "--toy_num_train",
+    "8",
+    "--toy_num_val",
+    "2",
+    "--toy_size",
+    "72",
+    "--pretrain_num_images",
+    "8",
+    "--figure_images",
+    "2",
+    "--pretrain_args",
+    "--max_epoches 1 --batch_size 4 --crop_size 64 --resize_long 64 80 --val_crop_size 72 --num_workers 0",
+    "--train_cls_args",
+    "--max_epoches 1 --batch_size 4 --crop_size 64 --resize_long 64 80 --val_crop_size 72 --num_workers 0",
+    "--infer_cls_args",
+    "--num_workers 0 --crf_workers 0 --scales 1.0 0.5",
+    "--train_aff_args",
+    "--max_epoches 1 --batch_size 4 --crop_size 72 --num_workers 0",
+    "--infer_aff_args",
+    "--num_workers 0 --logt 4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +155,18 @@ def test_paper_preset_requires_weights(tmp_path):
     args = run_pipeline.get_args_parser().parse_args(["--preset", "paper", "--work_dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="--weights"):
         run_pipeline.main(args)
+
+
+def test_pipeline_crf_folders_follow_the_infer_cls_alphas(tmp_path):
+    """Issue 9: ``--infer_cls_args "--crf_alphas 3 20"`` must move the folders train_aff reads too."""
+    import run_pipeline
+    from tool import layout
+
+    def pipe(*extra):
+        argv = ["--preset", "demo", "--work_dir", str(tmp_path), *extra]
+        return run_pipeline.Pipeline(run_pipeline.get_args_parser().parse_args(argv))
+
+    assert pipe().crf_alphas() == [4.0, 24.0]
+    alphas = pipe("--infer_cls_args", "--crf_alphas 3 20").crf_alphas()
+    assert alphas == [3.0, 20.0]
+    assert layout.la_ha_crf_dirs(tmp_path / "crf", alphas) == (tmp_path / "crf_3.0", tmp_path / "crf_20.0")

@@ -180,7 +180,7 @@ def test_poly_optimizer_sgd_momentum_has_its_own_name():
 
 def test_published_python_names():
     from network import resnet38_aff, resnet38_cls_ser, resnet38d, vgg16_aff, vgg16_cls_ser, vgg16d
-    from tool import crf, imutils
+    from tool import crf
     from tool.imutils import crf_inference  # where the published code kept it
 
     assert crf_inference is crf.crf_inference
@@ -193,7 +193,7 @@ def test_published_python_names():
             a is b for g, h in zip(groups, model.parameter_groups(), strict=True) for a, b in zip(g, h, strict=True)
         )
         assert model.normalize(image).shape == (2, 3, 3)
-    np.testing.assert_array_equal(resnet38_cls_ser.Net.normalize(image), imutils.normalize(image))
+    np.testing.assert_array_equal(resnet38_cls_ser.Net.normalize(image), resnet38d.normalize(image))
     # ResNet38: RGB / 255 - mean / std; VGG16: BGR minus the Caffe means. Pixel (0, 1, 2):
     np.testing.assert_allclose(
         vgg16_cls_ser.Net.normalize(image)[0, 0], [2 - 104.008, 1 - 116.669, 0 - 122.675], atol=1e-4

@@ -1,4 +1,4 @@
-"""Pair geometry (SPEC section 5) and random-walk propagation (SPEC section 6) of tool/randomwalk.py."""
+"""tool/randomwalk.py: pair geometry (docs/method.md#affinitynet) and random walk (docs/method.md#random-walk)."""
 
 from pathlib import Path
 
@@ -52,7 +52,7 @@ def test_pair_indices_by_hand_7x10():
 
 
 def reference_transition(aff: np.ndarray, h: int, w: int, beta: float) -> np.ndarray:
-    """T of SPEC 6, written out pair by pair in float64."""
+    """T of docs/method.md#random-walk, written out pair by pair in float64."""
     idx_from, idx_to = pair_indices(h, w)
     affinity = np.eye(h * w)
     for k in range(idx_to.shape[0]):

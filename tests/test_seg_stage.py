@@ -17,7 +17,7 @@ from torch import nn
 import evaluation
 import infer_seg
 import train_seg
-from network import resnet38_cls_ser, vgg16_seg, vgg16d
+from network import resnet38_cls_ser, resnet38d, vgg16_seg, vgg16d
 from network.resnet38_seg import Net, segmentation_loss
 from network.resnet38d import load_weights
 from tests.caffe_wire import caffemodel_of
@@ -112,7 +112,7 @@ def test_random_scale_resizes_image_and_label_together():
     np.testing.assert_array_equal(np.asarray(big_label), np.kron([[1, 2], [3, 255]], np.ones((10, 20))))
 
 
-@pytest.mark.parametrize("normalize", [imutils.normalize, vgg16d.normalize], ids=["imagenet", "caffe"])
+@pytest.mark.parametrize("normalize", [resnet38d.normalize, vgg16d.normalize], ids=["imagenet", "caffe"])
 def test_seg_dataset_pads_the_label_with_ignore_and_keeps_it_aligned(toy, normalize):
     # The image is normalised by the network's own normaliser (Net.normalize), then padded with 0.
     dataset = VOC12SegDataset(toy["train_list"], toy["root"], toy["root"] / "SegmentationClass", crop_size=80,
@@ -145,12 +145,12 @@ def test_seg_dataset_pads_the_label_with_ignore_and_keeps_it_aligned(toy, normal
 def test_seg_dataset_names_bad_and_missing_labels(toy, tmp_path):
     ids = load_img_id_list(toy["train_list"])
     with pytest.raises(FileNotFoundError, match="label PNG"):
-        VOC12SegDataset(toy["train_list"], toy["root"], tmp_path)
+        VOC12SegDataset(toy["train_list"], toy["root"], tmp_path, normalize=resnet38d.normalize)
     for image_id in ids:
         gt = load_label_png(segmentation_path(toy["root"], image_id)).copy()
         gt[0, 0] = 30
         save_png(tmp_path / f"{image_id}.png", gt)
-    dataset = VOC12SegDataset(toy["train_list"], toy["root"], tmp_path)
+    dataset = VOC12SegDataset(toy["train_list"], toy["root"], tmp_path, normalize=resnet38d.normalize)
     with pytest.raises(ValueError, match=rf"{ids[0]}\.png: label values \[30\]"):
         dataset[0]
 
@@ -197,7 +197,7 @@ def test_train_seg_steps_resumes_and_validates(toy, tmp_path, one_thread):
 def test_train_seg_one_step_lowers_the_loss_on_its_batch(toy):
     # One SGD step at a large learning rate on a fixed batch must reduce that batch's loss.
     dataset = VOC12SegDataset(toy["train_list"], toy["root"], toy["root"] / "SegmentationClass", crop_size=48,
-                              color_jitter=False)  # fmt: skip
+                              color_jitter=False, normalize=resnet38d.normalize)  # fmt: skip
     torch.manual_seed(0)
     batch = [torch.stack(t) for t in zip(dataset[0], dataset[1], strict=True)]
     model = Net(width_mult=WIDTH)
@@ -239,7 +239,7 @@ def test_infer_probs_average_scales_and_flips_and_are_flip_equivariant(toy, seg_
     size = (img.height, img.width)
 
     def probs(image, scales, flip=True):
-        inputs = [torch.from_numpy(x) for x in imutils.msf_inputs(image, scales)]
+        inputs = [torch.from_numpy(x) for x in imutils.msf_inputs(image, scales, resnet38d.normalize)]
         return infer_seg.infer_probs(model, inputs, size, torch.device("cpu"), flip)
 
     p = probs(img, (1.0, 0.5))

@@ -1,4 +1,4 @@
-"""The SSENet loss, the reference optimiser and the shared training driver (SPEC sections 2 and 3).
+"""SSENet loss, reference optimiser, shared training driver (docs/method.md#ssenet-network, #ssenet-training).
 
 The loss and optimiser tests compare against hand computations and the reference vector
 ``poly_optimizer.npz``. The driver tests train the width-1/8 network for a few steps on a
@@ -26,10 +26,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import train_cls_ser
-from network import resnet38_cls_ser
+from engine import training
+from network import resnet38_cls_ser, resnet38d
 from network.resnet38_cls_ser import classification_loss, downscale, ser_loss, ssenet_loss
 from tests.helpers import fill_reference_weights
-from tool import torchutils, training
+from tool import torchutils
 from tool.camutils import max_norm
 from voc12.data import ValClsTransform, VOC12ClsDataset
 from voc12.make_cls_labels import load_cls_labels
@@ -127,7 +128,7 @@ def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 def _numpy_ssenet_parts(x: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> dict[str, float]:
-    """SPEC section 3 written out in float64 NumPy for RampModel on a 7x7 input with branch rate 0.5."""
+    """docs/method.md#ssenet-training written out in float64 NumPy for RampModel on a 7x7 input with branch rate 0.5."""
 
     def cam_of(img):
         return np.einsum("kc,nchw->nkhw", weight, img) + bias[None, :, None, None] + np.arange(img.shape[2])[:, None]
@@ -397,12 +398,37 @@ def cls_args(toy: Path, session: str, *extra: str):
     """Flags for a width-1/8 run on the 4 toy images: batch 2, so 2 steps per epoch."""
     lists = toy / "VOC2012" / "ImageSets" / "Segmentation"
     flags = [
-        "--voc12_root", str(toy / "VOC2012"), "--train_list", str(lists / "train.txt"),
-        "--val_list", str(lists / "val.txt"), "--cls_labels", str(toy / "cls_labels.npz"),
-        "--session_name", str(toy / "runs" / session), "--width_mult", "0.125", "--from_scratch",
-        "--crop_size", "48", "--resize_long", "48", "64", "--val_crop_size", "48", "--batch_size", "2",
-        "--max_epoches", "2", "--num_workers", "0", "--tblog_dir", "", "--device", "cpu",
-    ]  # fmt: skip
+        "--voc12_root",
+        str(toy / "VOC2012"),
+        "--train_list",
+        str(lists / "train.txt"),
+        "--val_list",
+        str(lists / "val.txt"),
+        "--cls_labels",
+        str(toy / "cls_labels.npz"),
+        "--session_name",
+        str(toy / "runs" / session),
+        "--width_mult",
+        "0.125",
+        "--from_scratch",
+        "--crop_size",
+        "48",
+        "--resize_long",
+        "48",
+        "64",
+        "--val_crop_size",
+        "48",
+        "--batch_size",
+        "2",
+        "--max_epoches",
+        "2",
+        "--num_workers",
+        "0",
+        "--tblog_dir",
+        "",
+        "--device",
+        "cpu",
+    ]
     return train_cls_ser.get_args_parser().parse_args(flags + list(extra))
 
 
@@ -553,7 +579,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, sys.argv[1])
 import train_cls_ser
-from tool import training
+from engine import training
 
 models = []
 build = training.build_model
@@ -580,11 +606,35 @@ def test_ddp_two_cpu_processes_stay_identical(toy, tmp_path):
     script.write_text(DDP_SCRIPT)
     args = cls_args(toy, "x")  # only for its list and label paths
     flags = [
-        "--voc12_root", args.voc12_root, "--train_list", args.train_list, "--val_list", "",
-        "--cls_labels", args.cls_labels, "--session_name", str(tmp_path / "ddp"), "--width_mult", "0.125",
-        "--from_scratch", "--crop_size", "48", "--resize_long", "48", "64", "--batch_size", "2",
-        "--max_epoches", "1", "--num_workers", "0", "--tblog_dir", "", "--device", "cpu",
-    ]  # fmt: skip
+        "--voc12_root",
+        args.voc12_root,
+        "--train_list",
+        args.train_list,
+        "--val_list",
+        "",
+        "--cls_labels",
+        args.cls_labels,
+        "--session_name",
+        str(tmp_path / "ddp"),
+        "--width_mult",
+        "0.125",
+        "--from_scratch",
+        "--crop_size",
+        "48",
+        "--resize_long",
+        "48",
+        "64",
+        "--batch_size",
+        "2",
+        "--max_epoches",
+        "1",
+        "--num_workers",
+        "0",
+        "--tblog_dir",
+        "",
+        "--device",
+        "cpu",
+    ]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
@@ -631,7 +681,12 @@ def test_logs_and_tensorboard(toy, uninterrupted):
     model = resnet38_cls_ser.Net(width_mult=1 / 8)
     model.load_state_dict(load_state(session_file(toy, "A", ".pth")))
     args = cls_args(toy, "A")
-    val_set = VOC12ClsDataset(args.val_list, args.voc12_root, load_cls_labels(args.cls_labels), ValClsTransform(48))
+    val_set = VOC12ClsDataset(
+        args.val_list,
+        args.voc12_root,
+        load_cls_labels(args.cls_labels),
+        ValClsTransform(48, normalize=resnet38d.normalize),
+    )
     val = train_cls_ser.evaluate(model, DataLoader(val_set, batch_size=2), torch.device("cpu"))
     assert val["loss_cls"] == pytest.approx(lines[-1]["val_loss_cls"], rel=1e-5)
 

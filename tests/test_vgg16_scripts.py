@@ -199,11 +199,10 @@ def test_vgg16_pipeline_two_steps_each(toy, normalize_calls, keep_logging):
 
 
 def test_resnet38_scripts_keep_the_imagenet_normalisation():
-    from network import resnet38_aff, resnet38_cls_ser
-    from tool import imutils
+    from network import resnet38_aff, resnet38_cls_ser, resnet38d
 
-    assert resnet38_cls_ser.Net.normalize is imutils.normalize
-    assert resnet38_aff.Net.normalize is imutils.normalize
+    assert resnet38_cls_ser.Net.normalize is resnet38d.normalize
+    assert resnet38_aff.Net.normalize is resnet38d.normalize
     assert vgg16_cls_ser.Net.normalize is vgg16d.normalize
 
 

@@ -1,4 +1,4 @@
-"""Tests for the toy VOC generator and the class-label / list tool (SPEC section 0)."""
+"""Tests for the toy VOC generator and the class-label / list tool (docs/method.md#data)."""
 
 from __future__ import annotations
 

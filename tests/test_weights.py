@@ -1,9 +1,9 @@
-"""Weight loading: MXNet ImageNet names -> our names, and ``load_weights`` on every accepted format (SPEC section 1).
+"""Weight loading: MXNet ImageNet names -> our names, and ``load_weights`` on every format (docs/method.md#resnet38).
 
 Fixtures: ``mxnet/resnet38_subset.params`` (17 real-size 'a1' arrays written by MXNet, the ``.npz`` holds the
 same arrays under their MXNet names) and ``mxnet/resnet38_a1_names.txt`` (all 193 names and shapes of the
 ImageNet file, ``name<TAB>d0,d1,...``). The full file is 437 MB, so a complete file is written here at width
-1/8 instead, as an MXNet V2 NDArray list (``shared/mxnet_params/FORMAT.md`` sections 2-3).
+1/8 instead, as an MXNet V2 NDArray list (``docs/formats.md#mxnet-params``).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
+from engine import training
 from network import resnet38_aff, resnet38_cls_ser
 from network.resnet38d import convert_mxnet_to_torch, load_weights, mxnet_to_torch_name
 from tests.helpers import fill_reference_weights, read_key_spec
-from tool import training
 
 DATA = Path(__file__).parent / "data"
 MXNET = DATA / "mxnet"

@@ -1,4 +1,4 @@
-"""Class activation map helpers: the one home of CAM normalisation (SPEC sections 3, 4)."""
+"""CAM helpers: the one home of CAM normalisation (docs/method.md#ssenet-training, #ssenet-inference)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch.nn.functional as F
 def max_norm(cam: torch.Tensor, eps: float = 1e-5, shift: bool = False) -> torch.Tensor:
     """Divide each (image, class) map of ``cam`` (..., H, W) by its spatial maximum + eps, after ReLU.
 
-    ``shift=True`` is the training form of SPEC section 3,
+    ``shift=True`` is the training form of docs/method.md#ssenet-training,
     ``relu(relu(c) - eps) / (max relu(c) + eps)``, which zeroes near-zero
-    activations; ``shift=False`` is the inference form of SPEC section 4
+    activations; ``shift=False`` is the inference form of docs/method.md#ssenet-inference
     (``c / (max c + eps)`` for non-negative c).
     """
     cam = F.relu(cam)

@@ -1,4 +1,4 @@
-"""Dense CRF refinement of class scores (SPEC section 4).
+"""Dense CRF refinement of class scores (docs/method.md#crf).
 
 Krähenbühl & Koltun's fully connected CRF through pydensecrf (PyPI package
 ``pydensecrf2``), with the reference's parameters: unary ``-log(clip(p, 1e-5, 1))``,
@@ -6,7 +6,7 @@ a Gaussian smoothness kernel (sxy 3, compat 3), a bilateral appearance kernel
 (sxy 80, srgb 13, compat 10) and 10 mean-field iterations.
 
 :func:`crf_scores_with_alpha` builds the low/high-alpha CRF scores that
-``infer_cls_ser.py`` stores and AffinityNet learns from (SPEC 4, 5).
+``infer_cls_ser.py`` stores and AffinityNet learns from (docs/method.md#ssenet-inference, #affinitynet).
 pydensecrf is imported on first use only.
 """
 
@@ -58,7 +58,7 @@ def crf_inference(
 def crf_scores_with_alpha(
     img: np.ndarray, keys: np.ndarray, cams: np.ndarray, alpha: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """CRF scores of background + present classes for one background power ``alpha`` (SPEC 4).
+    """CRF scores of background + present classes for one background power ``alpha`` (docs/method.md#ssenet-inference).
 
     ``keys`` (K,) are the 0-based indices of the present classes and ``cams``
     (K, H, W) their normalised CAMs in [0, 1]. The background score is

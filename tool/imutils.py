@@ -1,4 +1,4 @@
-"""Image operations shared by the datasets and scripts (SPEC sections 3, 4 and 5).
+"""Image operations of the datasets and scripts (docs/method.md#ssenet-training, #ssenet-inference, #affinitynet).
 
 Pure functions over numpy arrays and PIL images. Functions that draw random
 numbers take an explicit ``np.random.Generator``; nothing here touches a global
@@ -17,34 +17,27 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from voc12.voc import IMAGENET_MEAN, IMAGENET_STD
-
-_MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)
-_STD = np.asarray(IMAGENET_STD, dtype=np.float32)
-
-
 #: (H, W, 3) RGB uint8 -> (H, W, 3) float32 network input: a network's ``Net.normalize``.
 Normalizer = Callable[[np.ndarray], np.ndarray]
 
 
-def normalize(img: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB uint8 -> float32 ``(x / 255 - mean) / std`` with the ImageNet statistics.
+def normalize(img: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB uint8 -> float32 ``(x / 255 - mean) / std`` (per-channel float32 ``mean`` and ``std``).
 
-    The input normalisation of ResNet38 (docs/method.md#resnet38) and the
-    default of every dataset and script; each network carries its own as
-    ``Net.normalize`` (VGG16's is ``network.vgg16d.normalize``), and the
-    scripts pass that one on.
+    Generic; each network carries its own statistics as ``Net.normalize``
+    (ResNet38's ImageNet mean / std: ``network.resnet38d.normalize``; VGG16's:
+    ``network.vgg16d.normalize``), and the datasets and scripts take it from there.
     """
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"normalize expects an (H, W, 3) RGB image, got shape {img.shape}")
-    return (img.astype(np.float32) / 255.0 - _MEAN) / _STD
+    return (img.astype(np.float32) / 255.0 - mean) / std
 
 
-def denormalize(img: np.ndarray) -> np.ndarray:
+def denormalize(img: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Inverse of :func:`normalize` for display: float32 (H, W, 3) -> uint8, rounded and clipped."""
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"denormalize expects an (H, W, 3) image, got shape {img.shape}")
-    rgb = (img.astype(np.float32) * _STD + _MEAN) * 255.0
+    rgb = (img.astype(np.float32) * std + mean) * 255.0
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
@@ -151,8 +144,8 @@ def random_crop(
     An axis shorter than the crop is pasted at a random offset into a zero
     canvas; the same window is used for every array, so an image and its label
     or score map stay aligned. Zero means zero in each array's own units: crop a
-    normalised image to get zero after normalisation (SPEC 3), a uint8 image to
-    get black (SPEC 5). ``fills`` gives each array its own canvas value instead
+    normalised image to get zero after normalisation (docs/method.md#ssenet-training), a uint8 image to
+    get black (docs/method.md#affinitynet). ``fills`` gives each array its own canvas value instead
     (e.g. ``(0, 255)``: a segmentation label padded with the ignore index).
     """
     h, w = _check_same_hw(arrays)
@@ -181,8 +174,8 @@ def random_hflip(*arrays: np.ndarray, rng: np.random.Generator, p: float = 0.5) 
     return arrays
 
 
-def msf_inputs(img: Image.Image, scales: Sequence[float], normalize: Normalizer = normalize) -> list[np.ndarray]:
-    """Multi-scale, flipped network inputs for CAM inference (SPEC 4).
+def msf_inputs(img: Image.Image, scales: Sequence[float], normalize: Normalizer) -> list[np.ndarray]:
+    """Multi-scale, flipped network inputs for CAM inference (docs/method.md#ssenet-inference).
 
     For each scale s: PIL bicubic resize to ``(round(W * s), round(H * s))``
     (Python's round, half to even, as the reference), normalise, CHW, and stack

@@ -1,4 +1,4 @@
-"""Confusion matrix and IoU scores for semantic segmentation (SPEC section 7).
+"""Confusion matrix and IoU scores for semantic segmentation (docs/method.md#evaluation).
 
 Counting follows the reference evaluation exactly: only pixels whose ground
 truth is not the ignore index (255) count; for every class ``c``, ``T_c`` is its

@@ -1,9 +1,9 @@
 """Pure-NumPy reader of MXNet NDArray-list ``.params`` files (no mxnet import).
 
-SPEC.md section 1 initialises ResNet38 from the MXNet file
+docs/method.md#resnet38 initialises ResNet38 from the MXNet file
 ``ilsvrc-cls_rna-a1_cls1000_ep-0001.params``; ``network/resnet38d.convert_mxnet_to_torch``
-builds on :func:`load`. The byte layout is documented in ``shared/mxnet_params/FORMAT.md``
-(sections cited as "FORMAT s.N" below). Supported:
+builds on :func:`load`. The byte layout is documented in ``docs/formats.md#mxnet-params``
+(its subsections are cited by anchor below). Supported:
 
 - every array record version: legacy (MXNet <= 0.10, 32-bit shape, no per-array magic),
   V1 (0.11), V2 (>= 0.12) and V3 (numpy semantics, >= 1.5: 0-d and zero-size arrays);
@@ -18,7 +18,7 @@ Memory: the file is mapped copy-on-write (``mmap.ACCESS_COPY``) and dense arrays
 The views keep the mapping alive after :func:`load` returns (the file descriptor itself is
 closed), and they are writeable: writes land in private pages, never in the file, so
 ``torch.from_numpy`` works on them without a warning. An array whose data offset is not a
-multiple of its item size (records are packed, FORMAT s.1) is copied once so it is aligned.
+multiple of its item size (records are packed, docs/formats.md#mxnet-params) is copied once so it is aligned.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ _V2_MAGIC = 0xF993FAC9
 _V3_MAGIC = 0xF993FACA
 _RECORD_NAMES = {_V1_MAGIC: "V1", _V2_MAGIC: "V2", _V3_MAGIC: "V3"}
 
-# MXNet's TypeFlag -> little-endian NumPy dtype (FORMAT s.4). Flags 8-11 exist in MXNet's
+# MXNet's TypeFlag -> little-endian NumPy dtype (docs/formats.md#array-record). Flags 8-11 exist in MXNet's
 # enum but have no size there, so MXNet can neither save nor load them.
 _DTYPES = {
     0: np.dtype("<f4"),
@@ -116,7 +116,7 @@ class _Reader:
         return shape
 
     def shape64(self, what: str) -> tuple[int, ...] | None:
-        """Shape64 (FORMAT s.3): 4-byte ndim + ndim x i64 dims; ``None`` when ndim is -1 (unknown)."""
+        """Shape64 (docs/formats.md#array-record): 4-byte ndim + ndim x i64 dims; ``None`` when ndim is -1 (unknown)."""
         start = self.pos
         ndim = self.scalar("<i", f"{what} ndim")
         if ndim == -1:
@@ -195,7 +195,7 @@ def _densify_csr(
 
 
 def _read_record(r: _Reader, index: int, count: int) -> np.ndarray | None:
-    """Read one array record (FORMAT s.3); ``None`` for an empty ("none") array."""
+    """Read one array record (docs/formats.md#array-record); ``None`` for an empty ("none") array."""
     what = f"array {index} of {count}"
     start = r.pos
     head = r.scalar("<I", f"{what} record magic or legacy ndim")
@@ -234,7 +234,7 @@ def _read_record(r: _Reader, index: int, count: int) -> np.ndarray | None:
         if stype != _DENSE:
             storage_shape = r.shape64(f"{what} storage shape")
         shape = r.shape64(f"{what} shape")
-        # Writers before 1.5 mark a none array with ndim 0, later ones with -1 (FORMAT s.3). Only V3
+        # Writers before 1.5 mark a none array with ndim 0, later ones with -1 (docs/formats.md#array-record). Only V3
         # gives ndim 0 its numpy meaning, a 0-d scalar.
         if shape is None or (version == "V2" and not shape):
             return None
@@ -281,7 +281,7 @@ def _read_record(r: _Reader, index: int, count: int) -> np.ndarray | None:
 
 
 def _read_names(r: _Reader, count: int) -> list[str] | None:
-    """Read the name table (FORMAT s.2/s.5); ``None`` when the file was saved as a list."""
+    """Read the name table (docs/formats.md#file-layout); ``None`` when the file was saved as a list."""
     start = r.pos
     n_names = r.scalar("<Q", "the name count")
     if n_names == 0:

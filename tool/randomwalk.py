@@ -2,15 +2,15 @@
 
 AffinityNet (Ahn & Kwak, CVPR 2018, section 3) predicts an affinity for every pair
 of feature-grid pixels closer than a radius. This module is the single home of
-that pair geometry (SPEC section 5): the network, the affinity-label extraction
-and the random walk (SPEC section 6) all use it.
+that pair geometry (docs/method.md#affinitynet): the network, the affinity-label extraction
+and the random walk (docs/method.md#random-walk) all use it.
 
 With radius 5 the 34 offsets are (0, dx) for dx = 1..4, then (dy, dx) for
 dy = 1..4 and dx = -4..4 with dy^2 + dx^2 < 25, in that order. "From" pixels are
 rows 0..h-5 and columns 4..w-5 of the h x w grid, so every ``from + offset`` is
 inside the grid.
 
-Random walk (SPEC section 6, paper eq. 11-12): ``propagate`` returns
+Random walk (docs/method.md#random-walk, paper eq. 11-12): ``propagate`` returns
 ``v T^(2^logt)`` for scores ``v`` (C, N) and the column-normalised transition
 matrix ``T`` built from the pair affinities. The reference squares a dense
 N x N ``T`` logt times (O(N^2) memory, O(N^3 logt) time); the default sparse
@@ -91,7 +91,7 @@ def pair_slices(h: int, w: int, radius: int = DEFAULT_RADIUS) -> list[tuple[slic
 def _pair_entries(
     aff: torch.Tensor, h: int, w: int, beta: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The entries of T (SPEC section 6) as float64 on ``aff``'s device.
+    """The entries of T (docs/method.md#random-walk) as float64 on ``aff``'s device.
 
     Returns ``(src, dst, weight, degree)``: ``T[src[e], dst[e]] = weight[e]``
     for every pair in both directions (2 * 34 * n_from entries, no duplicates,
@@ -140,7 +140,7 @@ def propagate(
     logt: int = 8,
     mode: str = "sparse",
 ) -> torch.Tensor:
-    """Random-walk propagation ``v T^(2^logt)`` (SPEC section 6).
+    """Random-walk propagation ``v T^(2^logt)`` (docs/method.md#random-walk).
 
     Args:
         aff: (34, n_from) pair affinities of one image in ``pair_indices(h, w)``

@@ -1,5 +1,5 @@
 """Torch plumbing shared by every script: device choice, seeding, the poly-LR SGD
-of the reference (SPEC section 3), checkpoints, DataParallel / DDP.
+of the reference (docs/method.md#ssenet-training), checkpoints, DataParallel / DDP.
 """
 
 from __future__ import annotations

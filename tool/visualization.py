@@ -7,8 +7,6 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from tool.imutils import denormalize
-
 
 def colorize(heat: np.ndarray) -> np.ndarray:
     """(H, W) values in [0, 1] -> (H, W, 3) uint8 RGB JET colour map."""
@@ -28,7 +26,7 @@ def cam_panel(
     image_chw: np.ndarray,
     cams: np.ndarray,
     label: np.ndarray,
-    denormalize: Callable[[np.ndarray], np.ndarray] = denormalize,
+    denormalize: Callable[[np.ndarray], np.ndarray],
 ) -> np.ndarray:
     """One image (normalised, (3, H, W)) beside the overlays of its present classes -> (3, H, k*W) uint8.
 

@@ -1,12 +1,12 @@
-"""PASCAL VOC 2012 datasets for the three learning stages (SPEC sections 3, 4 and 5).
+"""VOC 2012 datasets of the three learning stages (docs/method.md#ssenet-training, #ssenet-inference, #affinitynet).
 
 - :class:`VOC12ClsDataset` with :class:`TrainClsTransform` / :class:`ValClsTransform`:
-  SSENet classification training and validation (SPEC 3).
-- :class:`VOC12ClsDatasetMSF`: multi-scale, flipped inputs for CAM inference (SPEC 4).
+  SSENet classification training and validation (docs/method.md#ssenet-training).
+- :class:`VOC12ClsDatasetMSF`: multi-scale, flipped inputs for CAM inference (docs/method.md#ssenet-inference).
 - :class:`VOC12ImageDatasetMSF`: the same inputs without labels (segmentation inference).
 - :class:`VOC12SegDataset`: segmentation training on pseudo-label PNGs (docs/method.md#segmentation).
 - :class:`VOC12AffDataset`: AffinityNet training images with pair labels derived
-  from the low/high-alpha CRF score files (SPEC 5); :func:`label_from_crf_scores`
+  from the low/high-alpha CRF score files (docs/method.md#affinity-labels); :func:`label_from_crf_scores`
   and :func:`affinity_labels` are the two steps of that derivation.
 
 Randomness: every augmentation draws from torch's global generator, directly
@@ -38,7 +38,7 @@ from tool.fileio import load_label_png, load_scores, missing_score_file_message,
 from tool.randomwalk import DEFAULT_RADIUS, from_region, pair_slices
 from voc12.voc import IGNORE_INDEX, NUM_CLASSES, NUM_FG_CLASSES, jpeg_path, load_img_id_list
 
-# SPEC 3 / 5 colour jitter, as in the reference (torchvision ColorJitter on the PIL image).
+# Colour jitter of docs/method.md#ssenet-training and #affinitynet (torchvision ColorJitter on the PIL image).
 COLOR_JITTER = {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.1}
 MSF_SCALES = (1.0, 0.5, 1.5, 2.0)
 FEATURE_STRIDE = 8
@@ -93,11 +93,11 @@ def _label_matrix(ids: Sequence[str], labels: Mapping[str, np.ndarray], list_pat
 
 
 class TrainClsTransform:
-    """SPEC 3 training augmentation: PIL RGB image -> (3, crop, crop) float32 tensor.
+    """Training augmentation (docs/method.md#ssenet-training): PIL RGB image -> (3, crop, crop) float32 tensor.
 
     Resize so the long side is a random integer in ``resize_long`` (bicubic),
     colour jitter, normalise, horizontal flip (p = 0.5), random crop with a zero
-    canvas after normalisation, CHW. SPEC lists the flip before the jitter; the
+    canvas after normalisation, CHW. The reference flips before the jitter; the
     jitter is flip-invariant (per-pixel maps plus a global mean), so flipping
     the array afterwards gives the same distribution.
     """
@@ -106,7 +106,8 @@ class TrainClsTransform:
         self,
         resize_long: tuple[int, int] = (448, 768),
         crop_size: int = 448,
-        normalize: imutils.Normalizer = imutils.normalize,
+        *,
+        normalize: imutils.Normalizer,
     ) -> None:
         self.resize_long = resize_long
         self.crop_size = crop_size
@@ -123,9 +124,9 @@ class TrainClsTransform:
 
 
 class ValClsTransform:
-    """SPEC 3 validation input: normalise, centre crop (zero canvas), CHW -> (3, crop, crop) float32."""
+    """Validation input (docs/method.md#ssenet-training): normalise, zero-canvas centre crop, CHW, float32."""
 
-    def __init__(self, crop_size: int = 500, normalize: imutils.Normalizer = imutils.normalize) -> None:
+    def __init__(self, crop_size: int = 500, *, normalize: imutils.Normalizer) -> None:
         self.crop_size = crop_size
         self.normalize = normalize
 
@@ -167,7 +168,8 @@ class VOC12ClsDataset(Dataset):
 
 
 class VOC12ImageDatasetMSF(Dataset):
-    """Multi-scale inference inputs of a list's images (SPEC 4; segmentation inference). Items are dicts:
+    """Multi-scale inference inputs of a list's images (docs/method.md#ssenet-inference; segmentation inference).
+    Items are dicts:
 
     - ``"id"``: the image id;
     - ``"image"``: the original RGB image, (H, W, 3) uint8 tensor (for the CRF);
@@ -180,7 +182,8 @@ class VOC12ImageDatasetMSF(Dataset):
         list_path: str | os.PathLike,
         voc12_root: str | os.PathLike,
         scales: Sequence[float] = MSF_SCALES,
-        normalize: imutils.Normalizer = imutils.normalize,
+        *,
+        normalize: imutils.Normalizer,
     ) -> None:
         self.ids = load_img_id_list(list_path, duplicates="drop")
         self.voc12_root = Path(voc12_root)
@@ -202,7 +205,7 @@ class VOC12ImageDatasetMSF(Dataset):
 
 
 class VOC12ClsDatasetMSF(VOC12ImageDatasetMSF):
-    """:class:`VOC12ImageDatasetMSF` items plus ``"label"``, the (20,) float32 image-level label (SPEC 4)."""
+    """:class:`VOC12ImageDatasetMSF` items plus ``"label"``, the (20,) float32 image-level label (docs/method.md#ssenet-inference)."""
 
     def __init__(
         self,
@@ -210,11 +213,12 @@ class VOC12ClsDatasetMSF(VOC12ImageDatasetMSF):
         voc12_root: str | os.PathLike,
         labels: Mapping[str, np.ndarray],
         scales: Sequence[float] = MSF_SCALES,
-        normalize: imutils.Normalizer = imutils.normalize,
+        *,
+        normalize: imutils.Normalizer,
     ) -> None:
         # Labels are checked before the files, as in VOC12ClsDataset.
         self.labels = _label_matrix(load_img_id_list(list_path, duplicates="drop"), labels, list_path)
-        super().__init__(list_path, voc12_root, scales, normalize)
+        super().__init__(list_path, voc12_root, scales, normalize=normalize)
 
     def __getitem__(self, index: int) -> dict:
         item = super().__getitem__(index)
@@ -223,7 +227,7 @@ class VOC12ClsDatasetMSF(VOC12ImageDatasetMSF):
 
 
 def label_from_crf_scores(la_scores: np.ndarray, ha_scores: np.ndarray) -> np.ndarray:
-    """Per-cell training label from pooled low/high-alpha CRF scores, each (h, w, K) (SPEC 5).
+    """Per-cell training label from pooled low/high-alpha CRF scores, each (h, w, K) (docs/method.md#affinity-labels).
 
     Channel 0 is background (key 0). Start from the low-alpha argmax, whose
     foreground is confident; its background is unsure (255) unless the
@@ -240,7 +244,7 @@ def label_from_crf_scores(la_scores: np.ndarray, ha_scores: np.ndarray) -> np.nd
 
 
 def affinity_labels(label: np.ndarray, radius: int = DEFAULT_RADIUS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pair labels of an (h, w) label map (255 = ignore) on the feature grid (SPEC 5).
+    """Pair labels of an (h, w) label map (255 = ignore) on the feature grid (docs/method.md#affinity-labels).
 
     Pairs follow :mod:`tool.randomwalk` (offset k, from-pixel i). Returns
     ``(bg_pos, fg_pos, neg)``, each (n_offsets, n_from) float32 in {0, 1}: a pair
@@ -262,7 +266,7 @@ def affinity_labels(label: np.ndarray, radius: int = DEFAULT_RADIUS) -> tuple[np
 
 
 class VOC12AffDataset(Dataset):
-    """AffinityNet training data (SPEC 5): items are ``(img, bg_pos, fg_pos, neg)``.
+    """AffinityNet training data (docs/method.md#affinitynet): items are ``(img, bg_pos, fg_pos, neg)``.
 
     ``img`` is the augmented, normalised (3, crop, crop) float32 image and the
     pair labels are (n_offsets, n_from) float32 on the ceil(crop / 8) grid
@@ -286,7 +290,8 @@ class VOC12AffDataset(Dataset):
         crop_size: int = 448,
         radius: int = DEFAULT_RADIUS,
         allow_pickle: bool = False,
-        normalize: imutils.Normalizer = imutils.normalize,
+        *,
+        normalize: imutils.Normalizer,
     ) -> None:
         self.ids = load_img_id_list(list_path, duplicates="drop")
         self.voc12_root = Path(voc12_root)
@@ -384,7 +389,8 @@ class VOC12SegDataset(Dataset):
         crop_size: int = 448,
         scale_range: tuple[float, float] = (0.5, 1.5),
         color_jitter: bool = True,
-        normalize: imutils.Normalizer = imutils.normalize,
+        *,
+        normalize: imutils.Normalizer,
     ) -> None:
         if not 0 < scale_range[0] <= scale_range[1]:
             raise ValueError(f"scale range must satisfy 0 < low <= high, got {scale_range}")

@@ -1,4 +1,4 @@
-"""Image-level class labels from the VOC XML annotations, and the image lists (SPEC section 0).
+"""Image-level class labels from the VOC XML annotations, and the image lists (docs/method.md#data).
 
 The label of an image is a 20-d float32 multi-hot vector over CLASS_NAMES,
 from the ``<name>`` of every ``<object>`` in ``Annotations/<id>.xml``. Only an

@@ -1,4 +1,4 @@
-"""A small synthetic dataset in the exact PASCAL VOC 2012 layout (SPEC section 0).
+"""A small synthetic dataset in the exact PASCAL VOC 2012 layout (docs/method.md#data).
 
 It exists so that every stage of the pipeline (labels, CAM training and
 inference, affinity training, random walk, evaluation) can run end to end in
@@ -455,9 +455,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     summary = make_toy_voc(
-        args.out, args.num_train, args.num_val, args.size, args.seed, args.with_aug,
-        args.void_width, args.min_extent, args.max_extent, args.max_objects,
-    )  # fmt: skip
+        args.out,
+        args.num_train,
+        args.num_val,
+        args.size,
+        args.seed,
+        args.with_aug,
+        args.void_width,
+        args.min_extent,
+        args.max_extent,
+        args.max_objects,
+    )
     print(
         f"toy VOC in {args.out}: {len(summary['train'])} train + {len(summary['val'])} val images, "
         f"{summary['num_objects']} objects {summary['class_counts']}, "

@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012 constants, paths and image lists (SPEC section 0).
+"""PASCAL VOC 2012 constants, paths and image lists (docs/method.md#data).
 
 Everything VOC-specific lives in ``voc12/``; other packages import it from here.
 """
@@ -16,18 +16,14 @@ from tool.cli import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
-CLASS_NAMES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+CLASS_NAMES = tuple(
+    "aeroplane bicycle bird boat bottle bus car cat chair cow "
+    "diningtable dog horse motorbike person pottedplant sheep sofa train tvmonitor".split()
+)
 NUM_FG_CLASSES = 20
 NUM_CLASSES = 21  # background + 20 foreground classes, as in the masks
 CAT_NAMES_WITH_BG = ("background", *CLASS_NAMES)
 IGNORE_INDEX = 255
-
-# ImageNet statistics used by the MXNet ResNet38 (RGB order).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def voc_palette(n: int = 256) -> np.ndarray:

@@ -103,9 +103,10 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
         help="init weights: MXNet .params (ResNet38), Caffe .caffemodel (VGG16) or a .pth state dict",
     )
     parser.add_argument(
-        "--from_scratch", action="store_true",
+        "--from_scratch",
+        action="store_true",
         help="train without --weights: He init and BatchNorm statistics estimated from data (see --bn_calib_batches)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--dropout_scale",
         type=cli.float_range(0, 2),
@@ -140,9 +141,11 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
         "--accum_steps", type=cli.positive_int, default=1, help="split each batch into this many micro-batches"
     )
     parser.add_argument(
-        "--resume", type=str, default=None,
+        "--resume",
+        type=str,
+        default=None,
         help="checkpoint to resume from (default: <session_name>_checkpoint.pth when it exists)",
-    )  # fmt: skip
+    )
     parser.add_argument("--overwrite", action="store_true", help="start afresh even if outputs exist")
     parser.add_argument("--max_steps", type=cli.positive_int, default=None, help="stop after this many optimiser steps")
     parser.add_argument("--print_freq", type=cli.positive_int, default=10, help="log every N steps")
@@ -175,8 +178,13 @@ def calibrate_batchnorm(model, dataset, loss_fn, device, args) -> None:
     g = torch.Generator().manual_seed(args.seed)
     n_images = min(len(dataset), args.bn_calib_batches * args.batch_size)
     indices = torch.randperm(len(dataset), generator=g)[:n_images].tolist()
-    loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=args.batch_size,
-                        num_workers=args.num_workers, worker_init_fn=torchutils.seed_worker, generator=g)  # fmt: skip
+    loader = DataLoader(
+        torch.utils.data.Subset(dataset, indices),
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        worker_init_fn=torchutils.seed_worker,
+        generator=g,
+    )
     model.calibrate_batchnorm(lambda batch=batch: loss_fn(model, batch, device) for batch in loader)
     logger.info("BatchNorm statistics estimated from %d training images (--from_scratch)", n_images)
 
@@ -308,11 +316,16 @@ def train(
             end = min(steps_per_epoch, stop_step - epoch * steps_per_epoch)
             sampler = _EpochSampler(len(dataset), args.seed, epoch, rank, world, offset * per_rank, end * per_rank)
             loader = DataLoader(
-                dataset, batch_size=per_rank, sampler=sampler, num_workers=args.num_workers, drop_last=True,
-                pin_memory=device.type == "cuda", worker_init_fn=torchutils.seed_worker,
+                dataset,
+                batch_size=per_rank,
+                sampler=sampler,
+                num_workers=args.num_workers,
+                drop_last=True,
+                pin_memory=device.type == "cuda",
+                worker_init_fn=torchutils.seed_worker,
                 generator=torch.Generator().manual_seed(args.seed * 7919 + epoch * 31 + rank),
                 persistent_workers=False,
-            )  # fmt: skip
+            )
             meters: dict[str, pyutils.SmoothedValue] = defaultdict(pyutils.SmoothedValue)
             t_epoch = time.time()
             bar = tqdm(total=steps_per_epoch, initial=offset, desc=f"epoch {epoch}", disable=not main, leave=False)
@@ -345,8 +358,13 @@ def train(
                     losses = " ".join(f"{k} {m.avg:.4f}" for k, m in meters.items() if k != "imps")
                     logger.info(
                         "step %d/%d %s imps %.1f lr %.5f eta %s",
-                        step, stop_step, losses, meters["imps"].avg, lr, pyutils.format_seconds(eta),
-                    )  # fmt: skip
+                        step,
+                        stop_step,
+                        losses,
+                        meters["imps"].avg,
+                        lr,
+                        pyutils.format_seconds(eta),
+                    )
                     if writer is not None:
                         for k, m in meters.items():
                             writer.add_scalar(f"train/{k}", m.avg, step)
@@ -367,11 +385,18 @@ def train(
                 model.train()
             if main:
                 torchutils.save_atomic(
-                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                     "step": step, "epoch": epoch, "epoch_done": epoch_done, "rng": torchutils.rng_state(),
-                     "args": vars(args)},
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "step": step,
+                        "epoch": epoch,
+                        "epoch_done": epoch_done,
+                        "rng": torchutils.rng_state(),
+                        "args": vars(args),
+                    },
                     paths["checkpoint"],
-                )  # fmt: skip
+                )
                 history.append(stats)
                 with atomic_path(paths["jsonl"]) as tmp:
                     previous = paths["jsonl"].read_text() if paths["jsonl"].exists() else ""

@@ -1,0 +1,1 @@
+"""The drivers above network/ and voc12/: the training loop the training scripts share."""
