@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from network.resnet38_seg import segmentation_loss
 from engine import training
+from network.resnet38_seg import segmentation_loss
 from tool import cli, imutils
 from tool.fileio import load_label_png
 from tool.metrics import confusion, scores_from_confusion
@@ -88,11 +88,15 @@ def loss_fn(model, batch, device):
     return loss, {"loss": loss.item()}, vis
 
 
-def vis_fn(writer, vis, step: int) -> None:
-    """Image, training label and prediction of the first image of the batch."""
-    pred = vis["logits"].detach().argmax(0).cpu().numpy()
-    panel = seg_panel(vis["image"].float().cpu().numpy(), vis["label"].cpu().numpy(), pred, voc_palette())
-    writer.add_image("segmentation", panel, step)
+def make_vis_fn(denormalize):
+    """Image, training label and prediction of the first image of the batch; ``denormalize`` is the network's."""
+
+    def vis_fn(writer, vis, step: int) -> None:
+        pred = vis["logits"].detach().argmax(0).cpu().numpy()
+        image, label = vis["image"].float().cpu().numpy(), vis["label"].cpu().numpy()
+        writer.add_image("segmentation", seg_panel(image, label, pred, voc_palette(), denormalize), step)
+
+    return vis_fn
 
 
 @torch.no_grad()
@@ -131,7 +135,7 @@ def main(args: argparse.Namespace) -> dict:
         def val_fn(model, device):
             return evaluate(model, val_loader, gt_dir, device, normalize)
 
-    return training.train(args, model, dataset, loss_fn, val_fn, vis_fn)
+    return training.train(args, model, dataset, loss_fn, val_fn, make_vis_fn(model.denormalize))
 
 
 if __name__ == "__main__":

@@ -41,8 +41,15 @@ def cam_panel(
     return np.transpose(np.concatenate(tiles, axis=1), (2, 0, 1))
 
 
-def seg_panel(image_chw: np.ndarray, label: np.ndarray, pred: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """A normalised (3, H, W) image beside its (H, W) label and prediction in ``palette`` colours: (3, H, 3W)."""
+def seg_panel(
+    image_chw: np.ndarray,
+    label: np.ndarray,
+    pred: np.ndarray,
+    palette: np.ndarray,
+    denormalize: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """A normalised (3, H, W) image beside its (H, W) label and prediction in ``palette`` colours: (3, H, 3W).
+    ``denormalize`` undoes the network's normalisation (its ``Net.denormalize``)."""
     image = denormalize(np.transpose(image_chw, (1, 2, 0)))
     tiles = [image, palette[label.astype(np.uint8)], palette[pred.astype(np.uint8)]]
     return np.transpose(np.concatenate(tiles, axis=1), (2, 0, 1))

@@ -205,7 +205,8 @@ class VOC12ImageDatasetMSF(Dataset):
 
 
 class VOC12ClsDatasetMSF(VOC12ImageDatasetMSF):
-    """:class:`VOC12ImageDatasetMSF` items plus ``"label"``, the (20,) float32 image-level label (docs/method.md#ssenet-inference)."""
+    """:class:`VOC12ImageDatasetMSF` items plus ``"label"``, the (20,) float32 image-level label
+    (docs/method.md#ssenet-inference)."""
 
     def __init__(
         self,
