@@ -41,9 +41,10 @@ ROOT = Path(__file__).resolve().parent
 # the very same SSENet and AffinityNet stages (frozen BatchNorm, the reference optimiser, --weights) at width 1/8
 # on small toy images; its --weights come from the "pretrain" stage, which trains network.resnet38_pretrain
 # from scratch (BatchNorm in training mode, Adam) on a separate toy classification set, as ImageNet weights come
-# from a classifier trained on a set separate from VOC. Four values are set for the toy scale, each measured
+# from a classifier trained on a set separate from VOC. Five values are set for the toy scale, each measured
 # (docs/method.md#toy-data-and-the-cpu-demo): lr 0.1 (480 steps instead of the paper's ~10k), background score
-# 0.5 (where the CAM curve on the val images peaks), logt 4 (a 16x12 grid instead of VOC's ~63x47).
+# 0.5 (where the CAM curve on the val images peaks), CRF alphas 1 and 8 (the low-alpha background equals that
+# score at the threshold), logt 4 (a 16x12 grid instead of VOC's ~63x47).
 PRESETS = {
     "paper": {
         "train_cls": [],
@@ -70,7 +71,7 @@ PRESETS = {
             "--batch_size", "8", "--max_epoches", "20", "--lr", "0.1", "--crop_size", "96", "--resize_long", "96",
             "128", "--val_crop_size", "128",
         ],
-        "infer_cls": ["--num_workers", "1", "--crf_workers", "1", "--bg_score", "0.5"],
+        "infer_cls": ["--num_workers", "1", "--crf_workers", "1", "--bg_score", "0.5", "--crf_alphas", "1", "8"],
         "train_aff": ["--batch_size", "8", "--max_epoches", "16", "--lr", "0.1", "--crop_size", "96"],
         "infer_aff": ["--num_workers", "1", "--bg_score", "0.5", "--logt", "4"],
         "train_seg": [

@@ -406,6 +406,12 @@ def train(
                 torch.distributed.barrier()
 
     if main and step >= max_step:
+        # The loss is checked before each step, so a last step that diverged would otherwise be saved silently.
+        bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+        if bad:
+            raise SystemExit(
+                f"weights are not finite after step {step} (e.g. {bad[:3]}): training diverged; lower --lr"
+            )
         torchutils.save_atomic(model.state_dict(), paths["final"])
         logger.info("saved %s", paths["final"])
     if writer is not None:
