@@ -457,7 +457,8 @@ def format_table(summary: dict) -> str:
     """mIoU over all 21 classes and over the classes present in the ground truth, per-class IoU, stage times."""
     settings = summary["settings"]
     n_seeds = len(settings["seeds"])
-    stages = [s for s in ("cam", "rw", "seg") if f"{s}_miou" in summary]
+    means = [r["mean"] for r in summary["variants"].values()]
+    stages = [s for s in ("cam", "rw", "seg") if any(f"{s}_miou" in m for m in means)]
     titles = {"cam": "CAM", "rw": "CAM + RW", "seg": "seg net (val)"}
     lines = ["", f"mIoU, all 21 classes / the classes present in the GT (CAM, RW: {settings['eval_list']}; seg: val)"]
     spread = f" (mean +- std, {n_seeds} seeds)" if n_seeds > 1 else ""
@@ -470,7 +471,7 @@ def format_table(summary: dict) -> str:
     lines.append("")
     lines.append(f"per-class IoU, {VARIANT_NAMES['ssenet']}, seed {settings['seeds'][0]}:")
     lines.append(f"{'class':<14}" + "".join(f"{titles[s]:>15}" for s in stages))
-    for name in summary[f"{stages[0]}_iou"] if stages else ():
+    for name in summary.get(f"{stages[0]}_iou", {}) if stages else ():
         lines.append(f"{name:<14}" + "".join(f"{summary[f'{s}_iou'].get(name, 0.0):>15.2f}" for s in stages))
     lines.append("")
     lines.append(f"{'stage':<34}{'seconds':>10}")

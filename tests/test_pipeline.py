@@ -12,31 +12,21 @@ import run_pipeline
 from tool.fileio import load_label_png, load_scores
 from voc12.voc import load_img_id_list
 
+# A reduced demo: every stage of the demo preset, with small sets, few epochs and the reference's lr 0.01 (the
+# preset's 0.1 needs its larger batches). Big enough to learn a little, small enough for CI.
 TINY = [
-    "--preset",
-    "demo",
-    "--ablation",
-    "--toy_num_train",
-    "8",
-    "--toy_num_val",
-    "2",
-    "--toy_size",
-    "72",
-    "--pretrain_num_images",
-    "8",
-    "--figure_images",
-    "2",
-    "--pretrain_args",
-    "--max_epoches 1 --batch_size 4 --crop_size 64 --resize_long 64 80 --val_crop_size 72 --num_workers 0",
-    "--train_cls_args",
-    "--max_epoches 1 --batch_size 4 --crop_size 64 --resize_long 64 80 --val_crop_size 72 --num_workers 0",
-    "--infer_cls_args",
-    "--num_workers 0 --crf_workers 0 --scales 1.0 0.5",
-    "--train_aff_args",
-    "--max_epoches 1 --batch_size 4 --crop_size 72 --num_workers 0",
-    "--infer_aff_args",
-    "--num_workers 0 --logt 4",
-]
+    "--preset", "demo", "--ablation", "--toy_num_train", "24", "--toy_num_val", "4", "--toy_size", "80",
+    "--pretrain_num_images", "48", "--figure_images", "2",
+    "--pretrain_args", "--max_epoches 2 --batch_size 8 --crop_size 64 --resize_long 64 80 --val_crop_size 80 "
+                       "--num_workers 0",
+    "--train_cls_args", "--max_epoches 4 --batch_size 4 --crop_size 64 --resize_long 64 80 --val_crop_size 80 "
+                        "--num_workers 0 --lr 0.01",
+    "--infer_cls_args", "--num_workers 0 --crf_workers 0 --scales 1.0 0.5",
+    "--train_aff_args", "--max_epoches 1 --batch_size 4 --crop_size 72 --num_workers 0 --lr 0.01",
+    "--infer_aff_args", "--num_workers 0",
+    "--train_seg_args", "--max_epoches 1 --batch_size 4 --crop_size 64 --num_workers 0",
+    "--infer_seg_args", "--num_workers 0 --scales 1.0",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +41,7 @@ def test_every_stage_wrote_its_outputs(demo):
     root = work / "toy_voc"
     lists = root / "ImageSets" / "Segmentation"
     ids = load_img_id_list(lists / "trainval.txt")
-    assert len(ids) == 10
+    assert len(ids) == 28
     out = work / "ssenet" / "seed1"
     assert (out / "resnet38_cls_ser.pth").exists() and (out / "resnet38_aff.pth").exists()
     assert (work / "pretrain" / "resnet38_pretrain.pth").exists()
@@ -60,21 +50,33 @@ def test_every_stage_wrote_its_outputs(demo):
         classes = sorted(int(c) for c in np.unique(gt) if c not in (0, 255))
         keys, cams = load_scores(out / "cam" / f"{image_id}.npz")
         assert list(keys + 1) == classes and cams.shape[1:] == gt.shape
-        for alpha in ("4.0", "24.0"):
+        for alpha in ("1.0", "8.0"):  # the demo preset's --crf_alphas
             keys, _ = load_scores(out / f"crf_{alpha}" / f"{image_id}.npz")
             assert list(keys) == [0, *classes]
         for folder in ("cam_pred", "rw"):
             label = load_label_png(out / folder / f"{image_id}.png")
             assert label.shape == gt.shape and set(np.unique(label)) <= {0, *classes}
+    val_ids = load_img_id_list(lists / "val.txt")
+    for image_id in val_ids:  # the segmentation network's val predictions
+        gt = load_label_png(root / "SegmentationClass" / f"{image_id}.png")
+        assert load_label_png(out / "seg_val" / f"{image_id}.png").shape == gt.shape
     figure = Image.open(work / "figure_ssenet.png")
-    assert figure.width >= 5 * 72 and figure.height >= 2 * 40  # 5 columns, 2 val images
+    assert figure.width >= 5 * 80 and figure.height >= 2 * 50  # 5 columns, 2 val images
+
+
+def test_the_reduced_demo_learns(demo):
+    work, _, summary = demo
+    epochs = [json.loads(line) for line in (work / "ssenet" / "seed1" / "resnet38_cls_ser_log.jsonl").open()]
+    assert len(epochs) == 4
+    assert epochs[-1]["loss_cls"] < 0.8 * epochs[0]["loss_cls"]
+    assert summary["cam_miou_present"] > summary["background_only_miou_present"]
 
 
 def test_summary_is_consistent(demo):
     work, _, summary = demo
     on_disk = json.loads((work / "summary.json").read_text())
     assert on_disk["cam_miou"] == summary["cam_miou"]
-    for key in ("cam_miou", "rw_miou", "cam_miou_present", "rw_miou_present", "background_only_miou"):
+    for key in ("cam_miou", "rw_miou", "seg_miou", "cam_miou_present", "rw_miou_present", "seg_miou_present"):
         assert 0 <= on_disk[key] <= 100
     out = work / "ssenet" / "seed1"
     cam_eval = json.loads((out / "eval_cam.json").read_text())
@@ -86,10 +88,13 @@ def test_summary_is_consistent(demo):
     # per-class IoU of both, over the classes present in the ground truth
     assert list(on_disk["cam_iou"]) == cam_eval["present_classes"] == list(on_disk["rw_iou"])
     assert on_disk["rw_iou"] == {c: rw_eval["IoU"][c] for c in rw_eval["present_classes"]}
+    seg_eval = json.loads((out / "eval_seg.json").read_text())
+    assert seg_eval["list"].endswith("val.txt") and on_disk["seg_miou"] == pytest.approx(seg_eval["mIoU"])
     # the 21-class mean counts absent classes as 0: k present classes cap it at k/21 of the present-class mean
     k = len(cam_eval["present_classes"])
     assert on_disk["cam_miou"] == pytest.approx(on_disk["cam_miou_present"] * k / 21)
-    per_variant = ("train_cls", "infer_cls", "eval_cam", "train_aff", "infer_aff", "eval_rw")
+    per_variant = ("train_cls", "infer_cls", "eval_cam", "train_aff", "infer_aff", "eval_rw", "train_seg", "infer_seg")
+    per_variant += ("eval_seg",)
     stages = {"data", "pretrain"} | {f"{v}/seed1/{s}" for v in ("ssenet", "baseline") for s in per_variant}
     assert set(on_disk["stage_seconds"]) == stages
     # --ablation: the baseline is trained with --ser_weight 0 and scored beside SSENet.
@@ -126,7 +131,7 @@ def test_mean_and_std_over_seeds_and_table():
         "total_seconds": 2.0,
     }
     table = run_pipeline.format_table(summary)
-    assert "mean +- std over 2 seeds" in table
+    assert "(mean +- std, 2 seeds)" in table
     assert " 12.0+-2.8 / 42.0+-2.8" in table and " 14.0+-2.8 / 47.0+-4.2" in table
 
 
@@ -166,7 +171,8 @@ def test_pipeline_crf_folders_follow_the_infer_cls_alphas(tmp_path):
         argv = ["--preset", "demo", "--work_dir", str(tmp_path), *extra]
         return run_pipeline.Pipeline(run_pipeline.get_args_parser().parse_args(argv))
 
-    assert pipe().crf_alphas() == [4.0, 24.0]
+    assert pipe().crf_alphas() == [1.0, 8.0]  # the demo preset's
+    assert pipe("--preset", "paper").crf_alphas() == [4.0, 24.0]  # the reference's (the last --preset wins)
     alphas = pipe("--infer_cls_args", "--crf_alphas 3 20").crf_alphas()
     assert alphas == [3.0, 20.0]
     assert layout.la_ha_crf_dirs(tmp_path / "crf", alphas) == (tmp_path / "crf_3.0", tmp_path / "crf_20.0")

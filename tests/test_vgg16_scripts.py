@@ -207,13 +207,17 @@ def test_resnet38_scripts_keep_the_imagenet_normalisation():
 
 
 @pytest.mark.parametrize(
-    "backbone, cls, aff", [("resnet38", "resnet38_cls_ser", "resnet38_aff"), ("vgg16", "vgg16_cls_ser", "vgg16_aff")]
+    "backbone, cls, aff, seg",
+    [
+        ("resnet38", "resnet38_cls_ser", "resnet38_aff", "resnet38_seg"),
+        ("vgg16", "vgg16_cls_ser", "vgg16_aff", "vgg16_seg"),
+    ],
 )
-def test_pipeline_backbone_picks_each_stage_network(backbone, cls, aff, tmp_path):
+def test_pipeline_backbone_picks_each_stage_network(backbone, cls, aff, seg, tmp_path):
     import run_pipeline
 
     args = run_pipeline.get_args_parser().parse_args(
-        ["--preset", "demo", "--work_dir", str(tmp_path), "--backbone", backbone, "--train_aff_args", "--network x"]
+        ["--preset", "paper", "--work_dir", str(tmp_path), "--backbone", backbone, "--train_aff_args", "--network x"]
     )
     pipe = run_pipeline.Pipeline(args)
 
@@ -225,5 +229,16 @@ def test_pipeline_backbone_picks_each_stage_network(backbone, cls, aff, tmp_path
     assert [network_of(s) for s in ("train_cls", "infer_cls", "infer_aff")] == [f"network.{cls}"] * 2 + [
         f"network.{aff}"
     ]
+    assert [network_of(s) for s in ("train_seg", "infer_seg")] == [f"network.{seg}"] * 2
     assert network_of("train_aff") == "x"  # the user's --<stage>_args still override
     assert pipe.flags("train_aff")[:2] == ["--network", f"network.{aff}"]
+
+
+def test_demo_refuses_the_vgg16_backbone(tmp_path):
+    import run_pipeline
+
+    args = run_pipeline.get_args_parser().parse_args(
+        ["--preset", "demo", "--work_dir", str(tmp_path), "--backbone", "vgg16"]
+    )
+    with pytest.raises(SystemExit, match="pretrains a ResNet38"):
+        run_pipeline.Pipeline(args)
