@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent
 # from a classifier trained on a set separate from VOC. Five values are set for the toy scale, each measured
 # (docs/method.md#toy-data-and-the-cpu-demo): lr 0.1 (480 steps instead of the paper's ~10k), background score
 # 0.5 (where the CAM curve on the val images peaks), CRF alphas 1 and 8 (the low-alpha background equals that
-# score at the threshold), logt 4 (a 16x12 grid instead of VOC's ~63x47).
+# score at the threshold), logt 2 (a 16x12 grid instead of VOC's ~63x47: longer walks over-smooth it).
 PRESETS = {
     "paper": {
         "train_cls": [],
@@ -73,7 +73,7 @@ PRESETS = {
         ],
         "infer_cls": ["--num_workers", "1", "--crf_workers", "1", "--bg_score", "0.5", "--crf_alphas", "1", "8"],
         "train_aff": ["--batch_size", "8", "--max_epoches", "16", "--lr", "0.1", "--crop_size", "96"],
-        "infer_aff": ["--num_workers", "1", "--bg_score", "0.5", "--logt", "4"],
+        "infer_aff": ["--num_workers", "1", "--bg_score", "0.5", "--logt", "2"],
         "train_seg": [
             "--batch_size", "8", "--max_epoches", "16", "--lr", "0.01", "--crop_size", "96", "--scale_range",
             "0.75", "1.25", "--no_color_jitter",
