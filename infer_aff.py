@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from network import build_network
-from network.resnet38d import load_weights
+from engine import flags, inference
 from tool import cli, layout, pyutils, torchutils
 from tool.crf import crf_inference
 from tool.fileio import load_scores, missing_score_file_message, remove_stale_temps, save_png, save_scores, score_file
@@ -43,17 +42,11 @@ LOGT_BOUND_REASON = f"the walk takes 2 ** logt sparse steps; 2 ** {MAX_LOGT} is 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Propagate CAMs by random walk with AffinityNet affinities")
-    parser.add_argument("--weights", type=str, required=True, help="trained AffinityNet .pth")
-    parser.add_argument("--network", type=str, default="network.resnet38_aff", help="network module, dotted name")
-    parser.add_argument("--infer_list", type=str, default="voc12/train.txt", help="images to process")
-    parser.add_argument(
-        "--num_workers",
-        type=cli.worker_count,
-        default=cli.default_workers(8),
-        help="DataLoader worker processes (default 8, at most the usable CPUs)",
-    )
+    flags.add_weights_flag(parser, "trained AffinityNet .pth")
+    flags.add_network_flags(parser, "network.resnet38_aff", width_help="channel width multiplier of the network")
+    flags.add_num_workers_flag(parser, help="DataLoader worker processes (default 8, at most the usable CPUs)")
     parser.add_argument("--cam_dir", type=str, required=True, help="CAM folder written by infer_cls_ser.py --out_cam")
-    parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder")
+    flags.add_data_flags(parser, "--infer_list", list_help="images to process", root_help="VOC2012 devkit folder")
     parser.add_argument("--out_rw", type=str, required=True, help="output folder of random-walk label PNGs")
     parser.add_argument(
         "--out_rw_scores",
@@ -91,17 +84,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="sparse",
         help="sparse matrix (ours) or the reference's dense T squared logt times",
     )
-    parser.add_argument(
-        "--width_mult", type=cli.width_mult, default=1.0, help="channel width multiplier of the network"
-    )
-    parser.add_argument(
-        "--allow_pickle",
-        action="store_true",
-        help="also read the reference's pickled <id>.npy CAM files; unpickling can run arbitrary code stored in a "
-        "file, so use it only on files you trust",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")
-    torchutils.add_device_args(parser)
+    flags.add_allow_pickle_flag(parser, "the reference's pickled <id>.npy CAM files")
+    flags.add_overwrite_flag(parser, "recompute images whose outputs exist")
+    flags.add_device_flags(parser)
     return parser
 
 
@@ -163,9 +148,7 @@ def main(args: argparse.Namespace) -> dict:
         if not cam_path.is_file():
             raise cli.MissingFileError(f"--cam_dir: {missing_score_file_message(cam_path)}")
 
-    model = build_network(args.network, args.width_mult)
-    load_weights(model, args.weights, allow_missing_head=False)
-    model.to(device).eval()
+    model = inference.load_model(args.network, args.width_mult, args.weights, device)
     palette = voc_palette()
     loader = DataLoader(
         VOC12ImageDataset(args.infer_list, args.voc12_root, ids=todo), batch_size=None, num_workers=args.num_workers

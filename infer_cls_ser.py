@@ -50,8 +50,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from network import build_network
-from network.resnet38d import load_weights
+from engine import flags, inference
 from tool import cli, layout, pyutils, torchutils
 from tool.camutils import max_norm
 from tool.crf import crf_scores_with_alpha
@@ -93,20 +92,11 @@ def crf_alphas_of(flags: list[str]) -> list[float]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="SSENet CAM inference: CAMs, CAM predictions, CRF scores")
-    parser.add_argument("--weights", type=str, required=True, help="trained SSENet state dict (.pth)")
-    parser.add_argument("--network", type=str, default="network.resnet38_cls_ser", help="network module, dotted name")
-    parser.add_argument(
-        "--width_mult", type=cli.width_mult, default=1.0, help="channel width multiplier the weights were trained with"
-    )
-    parser.add_argument("--infer_list", type=str, default="voc12/train.txt", help="list of images to process")
-    parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder (JPEGImages, ...)")
-    parser.add_argument("--cls_labels", type=str, default="voc12/cls_labels.npz", help="image-level label cache (.npz)")
-    parser.add_argument(
-        "--num_workers",
-        type=cli.worker_count,
-        default=8,
-        help="DataLoader worker processes per rank (at most the CPUs)",
-    )
+    flags.add_weights_flag(parser, "trained SSENet state dict (.pth)")
+    flags.add_network_flags(parser, "network.resnet38_cls_ser")
+    flags.add_data_flags(parser, "--infer_list")
+    flags.add_cls_labels_flag(parser)
+    flags.add_num_workers_flag(parser, 8, "DataLoader worker processes per rank (at most the CPUs)")
     parser.add_argument(
         "--scales",
         type=cli.float_range(0, 4, lo_open=True),
@@ -146,8 +136,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="float16",
         help="dtype of the stored CAM and CRF scores",
     )
-    parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs all exist already")
-    torchutils.add_device_args(parser)
+    flags.add_overwrite_flag(parser)
+    flags.add_device_flags(parser)
     return parser
 
 
@@ -175,13 +165,11 @@ def infer_cams(
     cam_sum = torch.zeros((present.numel(), height, width), device=device)  # (K, H, W)
     if present.numel() > 0:
         present_dev = present.to(device)
-        for pair in inputs:
-            with torchutils.autocast(device, amp):
-                cam = model(pair.to(device, non_blocking=True))  # (2, 20, h_s, w_s)
+        for cam in inference.msf_outputs(model, inputs, device, amp):  # (2, 20, h_s, w_s)
             # Absent classes are zeroed anyway: dropping them before the resize saves its work (it is per channel).
             cam = F.relu(cam.index_select(1, present_dev).float())
             cam = F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)
-            cam_sum += cam[0] + cam[1].flip(-1)
+            cam_sum += inference.unflip_sum(cam)
     norm_cam = torch.zeros((label.numel(), height, width))
     norm_cam[present] = max_norm(cam_sum).cpu()
     return norm_cam.numpy()
@@ -287,12 +275,6 @@ class CrfPool:
 # --------------------------------------------------------------------------- main
 
 
-def load_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
-    model = build_network(args.network, args.width_mult)
-    load_weights(model, args.weights, allow_missing_head=False)
-    return model.eval().to(device)
-
-
 def write_outputs(args: argparse.Namespace, item: dict, norm_cam: np.ndarray, crf_pool: CrfPool) -> None:
     """Every requested file of one image; the CRF ones are queued to the worker pool first so they overlap."""
     image = item["image"].numpy()  # (H, W, 3) uint8
@@ -313,7 +295,7 @@ def run_images(args: argparse.Namespace, ids: list[str], todo: list[int], device
     """CAMs and outputs of ``ids[i]`` for ``i`` in ``todo``; returns how many images were processed."""
     threads = torch.get_num_threads()
     with CrfPool(args.crf_workers if args.out_crf else 0) as crf_pool:
-        model = load_model(args, device)
+        model = inference.load_model(args.network, args.width_mult, args.weights, device)
         labels = load_or_build_cls_labels(args.voc12_root, ids, args.cls_labels)
         msf = VOC12ClsDatasetMSF(args.infer_list, args.voc12_root, labels, args.scales, normalize=model.normalize)
         # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).

@@ -43,8 +43,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from network import build_network
-from network.resnet38d import load_weights
+from engine import flags, inference
 from tool import cli, pyutils, torchutils
 from tool.crf import crf_inference
 from tool.fileio import atomic_path, remove_stale_temps, save_png
@@ -60,23 +59,15 @@ SERVER_SUBDIR = Path("results", "VOC2012", "Segmentation", "comp6_test_cls")
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Segmentation inference: multi-scale + flip, optional dense CRF")
-    parser.add_argument(
-        "--weights",
-        type=str,
-        required=True,
-        help="trained segmentation weights (.pth state dict of train_seg.py; .params / .caffemodel need a head)",
+    flags.add_weights_flag(
+        parser, "trained segmentation weights (.pth state dict of train_seg.py; .params / .caffemodel need a head)"
     )
-    parser.add_argument(
-        "--network",
-        type=str,
-        default="network.resnet38_seg",
-        help="network module, dotted name (network.resnet38_seg, network.vgg16_seg)",
+    flags.add_network_flags(
+        parser,
+        "network.resnet38_seg",
+        network_help="network module, dotted name (network.resnet38_seg, network.vgg16_seg)",
     )
-    parser.add_argument(
-        "--width_mult", type=cli.width_mult, default=1.0, help="channel width multiplier the weights were trained with"
-    )
-    parser.add_argument("--infer_list", type=str, default="voc12/val.txt", help="list of images to segment")
-    parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder (JPEGImages, ...)")
+    flags.add_data_flags(parser, "--infer_list", "voc12/val.txt", "list of images to segment")
     parser.add_argument(
         "--scales",
         type=cli.float_range(0, 4, lo_open=True),
@@ -98,14 +89,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--archive", type=str, default=None,
         help="with --test_server_dir: write this .tar.gz of its results/ tree once every image is done",
     )  # fmt: skip
-    parser.add_argument(
-        "--num_workers",
-        type=cli.worker_count,
-        default=cli.default_workers(8),
-        help="DataLoader worker processes per rank (default 8, at most the usable CPUs)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs all exist already")
-    torchutils.add_device_args(parser)
+    flags.add_num_workers_flag(parser)
+    flags.add_overwrite_flag(parser)
+    flags.add_device_flags(parser)
     return parser
 
 
@@ -129,15 +115,12 @@ def infer_probs(
     """
     probs = None
     count = 0
-    for pair in inputs:
-        batch = pair if flip else pair[:1]
-        with torchutils.autocast(device, amp):
-            logits = model(batch.to(device, non_blocking=True))  # (B, 21, h_s, w_s)
+    for logits in inference.msf_outputs(model, inputs, device, amp, flip):  # (B, 21, h_s, w_s)
         logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
         p = torch.softmax(logits, dim=1)
-        p_sum = p[0] + p[1].flip(-1) if flip else p[0]
+        p_sum = inference.unflip_sum(p) if flip else p[0]
         probs = p_sum if probs is None else probs + p_sum
-        count += len(batch)
+        count += len(p)
     return (probs / count).cpu().numpy()
 
 
@@ -181,15 +164,9 @@ def write_archive(server_dir: str | Path, ids: list[str], archive: str | Path) -
 # --------------------------------------------------------------------------- main
 
 
-def load_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
-    model = build_network(args.network, args.width_mult)
-    load_weights(model, args.weights, allow_missing_head=False)
-    return model.eval().to(device)
-
-
 def run_images(args: argparse.Namespace, todo: list[int], device: torch.device, is_main: bool) -> int:
     """Predict and write ``todo`` (indices into the list); returns how many images were processed."""
-    model = load_model(args, device)
+    model = inference.load_model(args.network, args.width_mult, args.weights, device)
     msf = VOC12ImageDatasetMSF(args.infer_list, args.voc12_root, args.scales, normalize=model.normalize)
     # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
     pin = device.type == "cuda"

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from engine import flags
 from network import build_network
 from network.resnet38d import load_weights
 from tool import cli, pyutils, torchutils
@@ -63,19 +64,14 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
     parser.add_argument(
         "--max_epoches", type=cli.positive_int, default=d["max_epoches"], help="epochs (reference spelling, >= 1)"
     )
-    parser.add_argument("--network", type=str, default=d["network"], help="network module, dotted name")
+    flags.add_network_flags(parser, d["network"], width_help="channel width multiplier in (0, 4] (1/8 for CPU demos)")
     parser.add_argument(
         "--lr",
         type=cli.float_range(0, 10, lo_open=True),
         default=d.get("lr", 0.01),
         help=f"base learning rate in (0, 10] (new layers get 10x; default {d.get('lr', 0.01)})",
     )
-    parser.add_argument(
-        "--num_workers",
-        type=cli.worker_count,
-        default=cli.default_workers(8),
-        help="DataLoader worker processes per rank (default 8, at most the usable CPUs)",
-    )
+    flags.add_num_workers_flag(parser)
     parser.add_argument("--wt_dec", type=cli.float_range(0, 1), default=5e-4, help="weight decay in [0, 1]")
     momentum_default = (
         "default: equal to --wt_dec, the reference's positional-argument quirk (0.9 fixes it)"
@@ -96,11 +92,10 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
         default="sgd",
         help="sgd: the reference's poly SGD; adam: poly Adam (not in the reference; the demo's pretraining stage)",
     )
-    parser.add_argument(
-        "--weights",
-        type=str,
-        default=None,
-        help="init weights: MXNet .params (ResNet38), Caffe .caffemodel (VGG16) or a .pth state dict",
+    flags.add_weights_flag(
+        parser,
+        "init weights: MXNet .params (ResNet38), Caffe .caffemodel (VGG16) or a .pth state dict",
+        required=False,
     )
     parser.add_argument(
         "--from_scratch",
@@ -130,12 +125,9 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
         default=crop_default,
         help=f"random crop side, pixels, {min_crop}..4096 (default {crop_default})",
     )
-    parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder")
+    flags.add_data_flags(parser, root_help="VOC2012 devkit folder")
     parser.add_argument("--tblog_dir", type=str, default="./log", help="TensorBoard folder ('' disables)")
-    parser.add_argument(
-        "--width_mult", type=cli.width_mult, default=1.0, help="channel width multiplier in (0, 4] (1/8 for CPU demos)"
-    )
-    torchutils.add_device_args(parser)
+    flags.add_device_flags(parser)
     parser.add_argument("--seed", type=cli.int_range(0, 2**31 - 1), default=1, help="random seed (reference: 1)")
     parser.add_argument(
         "--accum_steps", type=cli.positive_int, default=1, help="split each batch into this many micro-batches"
@@ -146,7 +138,7 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
         default=None,
         help="checkpoint to resume from (default: <session_name>_checkpoint.pth when it exists)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="start afresh even if outputs exist")
+    flags.add_overwrite_flag(parser, "start afresh even if outputs exist")
     parser.add_argument("--max_steps", type=cli.positive_int, default=None, help="stop after this many optimiser steps")
     parser.add_argument("--print_freq", type=cli.positive_int, default=10, help="log every N steps")
     parser.add_argument("--vis_freq", type=cli.positive_int, default=100, help="TensorBoard images every N steps")
