@@ -15,6 +15,7 @@ import argparse
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from engine import flags, inference
+from engine.script import script_context
 from tool import cli, layout, pyutils, torchutils
 from tool.crf import crf_inference
 from tool.fileio import load_scores, missing_score_file_message, remove_stale_temps, save_png, save_scores, score_file
@@ -101,8 +103,21 @@ def cam_grid(keys: np.ndarray, cams: np.ndarray, padded_hw: tuple[int, int], bg_
 
 
 @torch.inference_mode()
-def random_walk_image(model, image: np.ndarray, keys, cams, args, device) -> tuple[np.ndarray, torch.Tensor]:
-    """Label map (H, W) uint8 and propagated grid scores (21, h, w) for one image."""
+def random_walk_image(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    keys: np.ndarray,
+    cams: np.ndarray,
+    device: torch.device,
+    *,
+    bg_score: float = 0.2,
+    beta: float = 8,
+    logt: int = 8,
+    rw_mode: str = "sparse",
+    crf: bool = False,
+    amp: bool = False,
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Label map (H, W) uint8 and propagated grid scores (21, h, w) for one image (flags of the same names)."""
     height, width = image.shape[:2]
     # Pad to a multiple of 8; tiny images further, so that the grid holds the radius-5 pairs.
     padded = (
@@ -111,12 +126,12 @@ def random_walk_image(model, image: np.ndarray, keys, cams, args, device) -> tup
     )
     x = torch.from_numpy(hwc_to_chw(model.normalize(image)))[None]
     x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height))  # zeros after normalisation
-    with torchutils.autocast(device, args.amp):
+    with torchutils.autocast(device, amp):
         aff = model(x.to(device))[0].float()  # (34, n_from)
-    grid = cam_grid(keys, cams, padded, args.bg_score).to(device)
-    scores = propagate(aff, grid, grid.shape[1:], beta=args.beta, logt=args.logt, mode=args.rw_mode)
+    grid = cam_grid(keys, cams, padded, bg_score).to(device)
+    scores = propagate(aff, grid, grid.shape[1:], beta=beta, logt=logt, mode=rw_mode)
     up = F.interpolate(scores[None], size=padded, mode="bilinear", align_corners=False)[0]
-    if args.crf:
+    if crf:
         image_padded = np.zeros((*padded, 3), np.uint8)
         image_padded[:height, :width] = image
         up = torch.from_numpy(crf_inference(image_padded, up.cpu().numpy(), t=1))
@@ -125,9 +140,11 @@ def random_walk_image(model, image: np.ndarray, keys, cams, args, device) -> tup
 
 
 def main(args: argparse.Namespace) -> dict:
-    torchutils.init_distributed()
-    pyutils.setup_logger(None, torchutils.is_main_process())
-    device = torchutils.get_device(args.device)
+    with script_context(args) as env:
+        return _main(args, env.device)
+
+
+def _main(args: argparse.Namespace, device: torch.device) -> dict:
     out_rw = Path(args.out_rw)
 
     def paths(image_id: str) -> dict[str, Path]:
@@ -141,35 +158,45 @@ def main(args: argparse.Namespace) -> dict:
         folders.add(cli.check_output_dir(args.out_rw_scores, "--out_rw_scores"))
     remove_stale_temps(folders, set(todo))  # hidden temp files of a killed run
     summary = {"images": len(ids), "done": 0, "skipped": len(ids) - len(todo)}
-    if not todo:
-        return summary
-    for image_id in todo:  # every CAM file must be there before hours of work start
-        cam_path = score_file(args.cam_dir, image_id, args.allow_pickle)
-        if not cam_path.is_file():
-            raise cli.MissingFileError(f"--cam_dir: {missing_score_file_message(cam_path)}")
+    if todo:
+        for image_id in todo:  # every CAM file must be there before hours of work start
+            cam_path = score_file(args.cam_dir, image_id, args.allow_pickle)
+            if not cam_path.is_file():
+                raise cli.MissingFileError(f"--cam_dir: {missing_score_file_message(cam_path)}")
+        start = time.time()
+        summary["done"] = run_images(args, todo, paths, device)
+        summary["seconds"] = time.time() - start
+    summary["images"], summary["done"], summary["skipped"] = torchutils.sum_over_ranks(
+        [summary["images"], summary["done"], summary["skipped"]]
+    )
+    if todo:
+        logger.info("random walk: %s", summary)
+    return summary
 
+
+def run_images(args: argparse.Namespace, todo: list[str], paths: Callable, device: torch.device) -> int:
+    """Walk and write the images ``todo``; returns how many were processed."""
     model = inference.load_model(args.network, args.width_mult, args.weights, device)
     palette = voc_palette()
     loader = DataLoader(
         VOC12ImageDataset(args.infer_list, args.voc12_root, ids=todo), batch_size=None, num_workers=args.num_workers
     )
-    start = time.time()
+    walk = {k: getattr(args, k) for k in ("bg_score", "beta", "logt", "rw_mode", "crf", "amp")}
+    done = 0
     for image_id, image in tqdm(loader, total=len(todo), disable=not torchutils.is_main_process()):
         image = image.numpy()
         cam_path = score_file(args.cam_dir, image_id, args.allow_pickle)
         keys, cams = load_scores(cam_path, args.allow_pickle, kind="cam")
         if cams.shape[1:] != image.shape[:2]:
             raise cli.InputError(f"{cam_path}: CAM is {cams.shape[1:]} but image {image_id} is {image.shape[:2]}")
-        label, scores = random_walk_image(model, image, keys, cams, args, device)
+        label, scores = random_walk_image(model, image, keys, cams, device, **walk)
         out = paths(image_id)
         if "rw_scores" in out:
             keep = np.concatenate([[0], keys + 1])
             save_scores(out["rw_scores"], keep, scores[keep].cpu().numpy(), "float32", kind="rw")
         save_png(out["rw"], label, palette)
-        summary["done"] += 1
-    summary["seconds"] = time.time() - start
-    logger.info("random walk: %s", summary)
-    return summary
+        done += 1
+    return done
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ of the images it recomputes.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing
 import os
@@ -43,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
@@ -51,7 +49,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from engine import flags, inference
-from tool import cli, layout, pyutils, torchutils
+from engine.script import ScriptEnv, script_context
+from tool import cli, layout, torchutils
 from tool.camutils import max_norm
 from tool.crf import crf_scores_with_alpha
 from tool.fileio import SCORE_DTYPES, atomic_path, remove_stale_temps, save_png, save_scores
@@ -321,18 +320,12 @@ def run_images(args: argparse.Namespace, ids: list[str], todo: list[int], device
 
 def main(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
-    joined_here = not torchutils.is_distributed() and torchutils.init_distributed()
-    is_main = torchutils.is_main_process()
-    pyutils.setup_logger(None, is_main)
-    device = torchutils.get_device(args.device)
-    logger.info("args: %s", json.dumps(vars(args), default=str))
-    logger.info(
-        "git %s, torch %s, device %s, world size %d",
-        pyutils.git_sha(),
-        torch.__version__,
-        device,
-        torchutils.get_world_size(),
-    )
+    with script_context(args) as env:
+        return _main(args, env, start)
+
+
+def _main(args: argparse.Namespace, env: ScriptEnv, start: float) -> dict:
+    device, is_main = env.device, env.is_main
     if not (args.out_cam or args.out_cam_pred or args.out_crf or args.out_vis):
         raise SystemExit("nothing to write: give at least one of --out_cam, --out_cam_pred, --out_crf, --out_vis")
     if args.out_crf and not args.crf_alphas:
@@ -372,8 +365,6 @@ def main(args: argparse.Namespace) -> dict:
         seconds,
         seconds / max(done, 1),
     )
-    if joined_here:
-        dist.destroy_process_group()
     return {"images": len(ids), "done": done, "skipped": skipped, "seconds": seconds}
 
 

@@ -29,7 +29,6 @@ it); leftover temporary files of a killed run are removed.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tarfile
 import time
@@ -44,7 +43,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from engine import flags, inference
-from tool import cli, pyutils, torchutils
+from engine.script import ScriptEnv, script_context
+from tool import cli, torchutils
 from tool.crf import crf_inference
 from tool.fileio import atomic_path, remove_stale_temps, save_png
 from voc12.data import VOC12ImageDatasetMSF
@@ -186,15 +186,12 @@ def run_images(args: argparse.Namespace, todo: list[int], device: torch.device, 
 
 def main(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
-    joined_here = not torchutils.is_distributed() and torchutils.init_distributed()
-    is_main = torchutils.is_main_process()
-    pyutils.setup_logger(None, is_main)
-    device = torchutils.get_device(args.device)
-    logger.info("args: %s", json.dumps(vars(args), default=str))
-    logger.info(
-        "git %s, torch %s, device %s, world size %d",
-        pyutils.git_sha(), torch.__version__, device, torchutils.get_world_size(),
-    )  # fmt: skip
+    with script_context(args) as env:
+        return _main(args, env, start)
+
+
+def _main(args: argparse.Namespace, env: ScriptEnv, start: float) -> dict:
+    device, is_main = env.device, env.is_main
     if not (args.out_seg or args.test_server_dir):
         raise SystemExit("nothing to write: give --out_seg and/or --test_server_dir")
     if args.archive and not args.test_server_dir:
@@ -231,8 +228,6 @@ def main(args: argparse.Namespace) -> dict:
     )  # fmt: skip
     if torchutils.is_distributed():
         dist.barrier()  # the other ranks wait for the archive
-    if joined_here:
-        dist.destroy_process_group()
     return {"images": len(ids), "done": done, "skipped": skipped, "archived": archived, "seconds": seconds}
 
 
