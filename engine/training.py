@@ -61,7 +61,13 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
     ``lr`` (0.01), ``momentum`` (None = the reference quirk), ``crop_size`` (448),
     ``min_crop`` (8) with ``min_crop_reason``.
     """
-    d = defaults
+    _add_optimizer_args(parser, defaults)
+    _add_init_args(parser)
+    _add_run_args(parser, defaults)
+
+
+def _add_optimizer_args(parser: argparse.ArgumentParser, d: dict) -> None:
+    """Batch, schedule, network and optimiser flags."""
     parser.add_argument(
         "--batch_size", type=cli.positive_int, default=d["batch_size"], help="total batch over all devices (>= 1)"
     )
@@ -96,6 +102,10 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
         default="sgd",
         help="sgd: the reference's poly SGD; adam: poly Adam (not in the reference; the demo's pretraining stage)",
     )
+
+
+def _add_init_args(parser: argparse.ArgumentParser) -> None:
+    """Where the weights start: ``--weights`` or ``--from_scratch`` with its BatchNorm calibration."""
     flags.add_weights_flag(
         parser,
         "init weights: MXNet .params (ResNet38), Caffe .caffemodel (VGG16) or a .pth state dict",
@@ -119,6 +129,10 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
         default=8,
         help="with --from_scratch: batches used to estimate the frozen BatchNorm statistics (0 keeps mean 0, var 1)",
     )
+
+
+def _add_run_args(parser: argparse.ArgumentParser, d: dict) -> None:
+    """Data, outputs, device, seed and the run's length and logging."""
     parser.add_argument("--train_list", type=str, default="voc12/train_aug.txt", help="list of training images")
     parser.add_argument("--session_name", type=str, default=d["session_name"], help="output path prefix")
     min_crop = d.get("min_crop", 8)

@@ -212,13 +212,7 @@ def cam_threshold_confusions(
     n = num_classes
     _check_cam_inputs(gt, keys, scores, thresholds, n)
     gt = _as_uint8_labels(gt, "ground truth", n, ignore_index)
-    # Histogram row of each pixel: its class; void goes to an extra row n that is
-    # dropped at the end (cheaper than masking every per-pixel array) and an
-    # invalid value to row n + 1, which must stay empty.
-    gt_row = np.full(256, n + 1, dtype=np.intp)
-    gt_row[:n] = np.arange(n)
-    gt_row[ignore_index] = n
-    gt_row = gt_row[gt]
+    gt_row = _histogram_rows(gt, n, ignore_index)
 
     order = np.argsort(thresholds, kind="stable")
     num_t = thresholds.size
@@ -247,6 +241,16 @@ def cam_threshold_confusions(
     conf = np.empty_like(conf_sorted)
     conf[order] = conf_sorted
     return conf
+
+
+def _histogram_rows(gt: np.ndarray, n: int, ignore_index: int) -> np.ndarray:
+    """Histogram row of each pixel: its class; void goes to an extra row n that is
+    dropped at the end (cheaper than masking every per-pixel array) and an
+    invalid value to row n + 1, which must stay empty."""
+    gt_row = np.full(256, n + 1, dtype=np.intp)
+    gt_row[:n] = np.arange(n)
+    gt_row[ignore_index] = n
+    return gt_row[gt]
 
 
 def _check_cam_inputs(gt: np.ndarray, keys: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, n: int) -> None:
