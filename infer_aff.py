@@ -27,10 +27,11 @@ from tqdm import tqdm
 from engine import flags, inference
 from engine.script import script_context
 from tool import cli, layout, pyutils, torchutils
+from tool.camutils import BG_SCORE
 from tool.crf import crf_inference
 from tool.fileio import load_scores, missing_score_file_message, remove_stale_temps, save_png, save_scores, score_file
 from tool.imutils import hwc_to_chw
-from tool.randomwalk import DEFAULT_RADIUS, propagate
+from tool.randomwalk import DEFAULT_RADIUS, min_grid, propagate
 from voc12.data import VOC12ImageDataset
 from voc12.voc import NUM_CLASSES, load_img_id_list, voc_palette
 
@@ -69,7 +70,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         help=f"log2 of the number of random-walk steps, 0..{MAX_LOGT} (reference: 8)",
     )
     parser.add_argument(
-        "--bg_score", type=cli.unit_float, default=0.2, help="constant background CAM score in [0, 1] (reference: 0.2)"
+        "--bg_score",
+        type=cli.unit_float,
+        default=BG_SCORE,
+        help="constant background CAM score in [0, 1] (reference: 0.2)",
     )
     parser.add_argument(
         "--crf",
@@ -110,7 +114,7 @@ def random_walk_image(
     cams: np.ndarray,
     device: torch.device,
     *,
-    bg_score: float = 0.2,
+    bg_score: float = BG_SCORE,
     beta: float = 8,
     logt: int = 8,
     rw_mode: str = "sparse",
@@ -119,17 +123,19 @@ def random_walk_image(
 ) -> tuple[np.ndarray, torch.Tensor]:
     """Label map (H, W) uint8 and propagated grid scores (21, h, w) for one image (flags of the same names)."""
     height, width = image.shape[:2]
-    # Pad to a multiple of 8; tiny images further, so that the grid holds the radius-5 pairs.
+    # Pad to a multiple of 8; tiny images further, so that the grid holds the network's pairs.
+    radius = getattr(model, "radius", DEFAULT_RADIUS)
+    min_rows, min_cols = min_grid(radius)
     padded = (
-        max(math.ceil(height / STRIDE), DEFAULT_RADIUS) * STRIDE,
-        max(math.ceil(width / STRIDE), 2 * DEFAULT_RADIUS - 1) * STRIDE,
+        max(math.ceil(height / STRIDE), min_rows) * STRIDE,
+        max(math.ceil(width / STRIDE), min_cols) * STRIDE,
     )
     x = torch.from_numpy(hwc_to_chw(model.normalize(image)))[None]
     x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height))  # zeros after normalisation
     with torchutils.autocast(device, amp):
         aff = model(x.to(device))[0].float()  # (34, n_from)
     grid = cam_grid(keys, cams, padded, bg_score).to(device)
-    scores = propagate(aff, grid, grid.shape[1:], beta=beta, logt=logt, mode=rw_mode)
+    scores = propagate(aff, grid, grid.shape[1:], beta=beta, logt=logt, mode=rw_mode, radius=radius)
     up = F.interpolate(scores[None], size=padded, mode="bilinear", align_corners=False)[0]
     if crf:
         image_padded = np.zeros((*padded, 3), np.uint8)

@@ -51,9 +51,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from engine import flags, inference
 from engine.script import ScriptEnv, script_context
 from tool import cli, layout, torchutils
-from tool.camutils import max_norm
+from tool.camutils import BG_SCORE, max_norm
 from tool.crf import crf_scores_with_alpha
-from tool.fileio import SCORE_DTYPES, atomic_path, remove_stale_temps, save_png, save_scores
+from tool.fileio import SCORE_DTYPES, atomic_path, save_png, save_scores
 from tool.visualization import cam_overlay
 from voc12.data import MSF_SCALES, VOC12ClsDatasetMSF
 from voc12.make_cls_labels import load_or_build_cls_labels
@@ -62,7 +62,6 @@ from voc12.voc import load_img_id_list, voc_palette
 logger = logging.getLogger(__name__)
 
 CRF_ALPHAS = (4.0, 24.0)
-BG_SCORE = 0.2
 
 
 def default_crf_workers() -> int:
@@ -274,19 +273,28 @@ class CrfPool:
 # --------------------------------------------------------------------------- main
 
 
-def write_outputs(args: argparse.Namespace, item: dict, norm_cam: np.ndarray, crf_pool: CrfPool) -> None:
-    """Every requested file of one image; the CRF ones are queued to the worker pool first so they overlap."""
+def write_outputs(
+    paths: dict[str, Path],
+    item: dict,
+    norm_cam: np.ndarray,
+    crf_pool: CrfPool,
+    crf_alphas: list[float],
+    score_dtype: str = "float16",
+    bg_score: float = BG_SCORE,
+) -> None:
+    """Every file of ``paths`` (:func:`output_paths`) for one image; the CRF ones are queued to the worker pool
+    first so they overlap."""
     image = item["image"].numpy()  # (H, W, 3) uint8
     keys = np.flatnonzero(item["label"].numpy() > 0)
     cams = norm_cam[keys]  # (K, H, W), present classes only
-    paths = output_paths(args, item["id"])
-    for alpha in args.crf_alphas if args.out_crf else ():
-        crf_pool.submit(paths[layout.crf_kind(alpha)], image, keys, cams, alpha, args.score_dtype)
-    if args.out_cam:
-        save_scores(paths["cam"], keys, cams, args.score_dtype, kind="cam")
-    if args.out_cam_pred:
-        save_png(paths["cam_pred"], cam_prediction(norm_cam, args.bg_score), voc_palette())
-    if args.out_vis:
+    for alpha in crf_alphas:
+        if layout.crf_kind(alpha) in paths:
+            crf_pool.submit(paths[layout.crf_kind(alpha)], image, keys, cams, alpha, score_dtype)
+    if "cam" in paths:
+        save_scores(paths["cam"], keys, cams, score_dtype, kind="cam")
+    if "cam_pred" in paths:
+        save_png(paths["cam_pred"], cam_prediction(norm_cam, bg_score), voc_palette())
+    if "vis" in paths:
         _save_rgb_png(paths["vis"], cam_visualization(image, cams))
 
 
@@ -310,7 +318,8 @@ def run_images(args: argparse.Namespace, ids: list[str], todo: list[int], device
                 for item in tqdm(loader, desc="CAM inference", disable=not is_main):
                     size = tuple(item["image"].shape[:2])
                     norm_cam = infer_cams(model, item["inputs"], item["label"], size, device, args.amp)
-                    write_outputs(args, item, norm_cam, crf_pool)
+                    paths = output_paths(args, item["id"])
+                    write_outputs(paths, item, norm_cam, crf_pool, args.crf_alphas, args.score_dtype, args.bg_score)
                     done += 1
             crf_pool.close()
         finally:
@@ -333,14 +342,6 @@ def _main(args: argparse.Namespace, env: ScriptEnv, start: float) -> dict:
 
     # ---- this rank's images, minus the finished ones (decided before any image is read)
     ids = load_img_id_list(args.infer_list, duplicates="warn")
-    mine = torchutils.shard(list(range(len(ids))))
-    todo = [i for i in mine if args.overwrite or not layout.all_exist(output_paths(args, ids[i]))]
-    skipped = len(mine) - len(todo)
-    if skipped:
-        logger.info(
-            "%d of %d images already have every output; skipping them (--overwrite redoes them)", skipped, len(mine)
-        )
-    folders = {p.parent for p in output_paths(args, ids[0]).values()}
     for flag, folder in (
         ("--out_cam", args.out_cam),
         ("--out_cam_pred", args.out_cam_pred),
@@ -350,9 +351,7 @@ def _main(args: argparse.Namespace, env: ScriptEnv, start: float) -> dict:
             cli.check_output_dir(folder, flag)
     for alpha in args.crf_alphas if args.out_crf else ():
         cli.check_output_dir(layout.crf_dir(args.out_crf, alpha), "--out_crf")
-    removed = remove_stale_temps(folders, {ids[i] for i in todo})
-    if removed:
-        logger.info("removed %d temporary files left by an interrupted run", removed)
+    todo, skipped = inference.images_to_do(ids, lambda i: output_paths(args, i), args.overwrite)
 
     done = run_images(args, ids, todo, device, is_main) if todo else 0
 

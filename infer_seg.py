@@ -44,9 +44,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from engine import flags, inference
 from engine.script import ScriptEnv, script_context
-from tool import cli, torchutils
+from tool import cli, layout, torchutils
 from tool.crf import crf_inference
-from tool.fileio import atomic_path, remove_stale_temps, save_png
+from tool.fileio import atomic_path, save_png
 from voc12.data import VOC12ImageDatasetMSF
 from voc12.voc import load_img_id_list, voc_palette
 
@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 # SEAM's released ResNet38 retraining configuration tests at these scales, with flips.
 SEG_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-SERVER_SUBDIR = Path("results", "VOC2012", "Segmentation", "comp6_test_cls")
+SERVER_SUBDIR = layout.SERVER_SUBDIR
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -134,13 +134,9 @@ def segment(probs: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
 # --------------------------------------------------------------------------- outputs on disk
 
 
-def output_paths(args: argparse.Namespace, image_id: str) -> list[Path]:
-    paths = []
-    if args.out_seg:
-        paths.append(Path(args.out_seg) / f"{image_id}.png")
-    if args.test_server_dir:
-        paths.append(Path(args.test_server_dir) / SERVER_SUBDIR / f"{image_id}.png")
-    return paths
+def output_paths(args: argparse.Namespace, image_id: str) -> dict[str, Path]:
+    """Every file the flags request for ``image_id`` (:func:`tool.layout.seg_stage_paths`)."""
+    return layout.seg_stage_paths(image_id, args.out_seg, args.test_server_dir)
 
 
 def write_archive(server_dir: str | Path, ids: list[str], archive: str | Path) -> int:
@@ -178,7 +174,7 @@ def run_images(args: argparse.Namespace, todo: list[int], device: torch.device, 
             image = item["image"].numpy()  # (H, W, 3) uint8
             probs = infer_probs(model, item["inputs"], image.shape[:2], device, not args.no_flip, args.amp)
             label = segment(probs, image if args.crf else None)
-            for path in output_paths(args, item["id"]):
+            for path in output_paths(args, item["id"]).values():
                 save_png(path, label, palette)
             done += 1
     return done
@@ -199,20 +195,11 @@ def _main(args: argparse.Namespace, env: ScriptEnv, start: float) -> dict:
 
     # ---- this rank's images, minus the finished ones
     ids = load_img_id_list(args.infer_list, duplicates="warn")  # a repeated image is segmented once
-    mine = torchutils.shard(list(range(len(ids))))
-    todo = [i for i in mine if args.overwrite or not all(p.exists() for p in output_paths(args, ids[i]))]
-    skipped = len(mine) - len(todo)
-    if skipped:
-        logger.info("%d of %d images already have every output; skipping them (--overwrite redoes them)",
-                    skipped, len(mine))  # fmt: skip
     if args.out_seg:
         cli.check_output_dir(args.out_seg, "--out_seg")
     if args.test_server_dir:
         cli.check_output_dir(Path(args.test_server_dir) / SERVER_SUBDIR, "--test_server_dir")
-    folders = {p.parent for p in output_paths(args, ids[0])}
-    removed = remove_stale_temps(folders, {ids[i] for i in todo})
-    if removed:
-        logger.info("removed %d temporary files left by an interrupted run", removed)
+    todo, skipped = inference.images_to_do(ids, lambda i: output_paths(args, i), args.overwrite)
 
     done = run_images(args, todo, device, is_main) if todo else 0
     done, skipped = torchutils.sum_over_ranks([done, skipped])  # also waits for every rank to finish

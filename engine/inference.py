@@ -1,4 +1,4 @@
-"""What the inference scripts share: the model loading and the multi-scale, flipped forward pass.
+"""What the inference scripts share: the images to do, model loading, the multi-scale flipped forward pass.
 
 ``infer_cls_ser.infer_cams`` and ``infer_seg.infer_probs`` differ only in what
 they do with each scale's output (docs/method.md#ssenet-inference,
@@ -7,13 +7,18 @@ docs/method.md#segmentation); the loop over scales and flips is here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import torch
 
 from network import build_network
 from network.resnet38d import load_weights
-from tool import torchutils
+from tool import layout, torchutils
+from tool.fileio import remove_stale_temps
+
+logger = logging.getLogger(__name__)
 
 
 def load_model(network: str, width_mult: float, weights: str, device: torch.device) -> torch.nn.Module:
@@ -37,3 +42,22 @@ def msf_outputs(
 def unflip_sum(maps: torch.Tensor) -> torch.Tensor:
     """``maps[0] + maps[1]`` un-flipped (horizontal): the two halves of one scale pair summed in the image's frame."""
     return maps[0] + maps[1].flip(-1)
+
+
+def images_to_do(
+    ids: list[str], paths_of: Callable[[str], Mapping[str, Path]], overwrite: bool
+) -> tuple[list[int], int]:
+    """This rank's share of ``ids`` (indices) minus the images whose files ``paths_of(id)`` all exist (unless
+    ``overwrite``), and how many were skipped; the leftovers of a killed run for the images to do are removed."""
+    mine = torchutils.shard(list(range(len(ids))))
+    todo = [i for i in mine if overwrite or not layout.all_exist(paths_of(ids[i]))]
+    skipped = len(mine) - len(todo)
+    if skipped:
+        logger.info(
+            "%d of %d images already have every output; skipping them (--overwrite redoes them)", skipped, len(mine)
+        )
+    folders = {p.parent for p in paths_of(ids[0]).values()}
+    removed = remove_stale_temps(folders, {ids[i] for i in todo})
+    if removed:
+        logger.info("removed %d temporary files left by an interrupted run", removed)
+    return todo, skipped

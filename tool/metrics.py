@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-IGNORE_INDEX = 255
+IGNORE_INDEX = 255  # void pixels of the VOC label PNGs: skipped by the scores and the losses (voc12.voc)
 EPS = 1e-10  # the reference's guard against empty classes, kept so numbers match to the last bit
 
 
