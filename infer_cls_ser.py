@@ -356,14 +356,7 @@ def _main(args: argparse.Namespace, env: ScriptEnv, start: float) -> dict:
     done = run_images(args, ids, todo, device, is_main) if todo else 0
 
     done, skipped = torchutils.sum_over_ranks([done, skipped])
-    seconds = time.perf_counter() - start
-    logger.info(
-        "CAM inference: %d images done, %d skipped (outputs present), %.1f s (%.3f s per image done)",
-        done,
-        skipped,
-        seconds,
-        seconds / max(done, 1),
-    )
+    seconds = inference.log_done("CAM inference", done, skipped, start)
     return {"images": len(ids), "done": done, "skipped": skipped, "seconds": seconds}
 
 

@@ -208,11 +208,7 @@ def _main(args: argparse.Namespace, env: ScriptEnv, start: float) -> dict:
     if args.archive and is_main:
         archived = write_archive(args.test_server_dir, ids, args.archive)
         logger.info("wrote %s (%d predictions) for the VOC evaluation server", args.archive, archived)
-    seconds = time.perf_counter() - start
-    logger.info(
-        "segmentation: %d images done, %d skipped (outputs present), %.1f s (%.3f s per image done)",
-        done, skipped, seconds, seconds / max(done, 1),
-    )  # fmt: skip
+    seconds = inference.log_done("segmentation", done, skipped, start)
     if torchutils.is_distributed():
         dist.barrier()  # the other ranks wait for the archive
     return {"images": len(ids), "done": done, "skipped": skipped, "archived": archived, "seconds": seconds}

@@ -8,6 +8,7 @@ docs/method.md#segmentation); the loop over scales and flips is here.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -61,3 +62,17 @@ def images_to_do(
     if removed:
         logger.info("removed %d temporary files left by an interrupted run", removed)
     return todo, skipped
+
+
+def log_done(stage: str, done: int, skipped: int, start: float) -> float:
+    """Log how many images ``stage`` did and skipped and the seconds since ``start`` (perf_counter); returns them."""
+    seconds = time.perf_counter() - start
+    logger.info(
+        "%s: %d images done, %d skipped (outputs present), %.1f s (%.3f s per image done)",
+        stage,
+        done,
+        skipped,
+        seconds,
+        seconds / max(done, 1),
+    )
+    return seconds
