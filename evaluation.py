@@ -30,6 +30,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from engine import flags
 from tool import cli
 from tool.cli import InputError
 from tool.fileio import atomic_write_text, load_label_png, load_scores, missing_score_file_message, score_file
@@ -88,11 +89,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="--type npy: score every t in 0.00..0.59 (step 0.01) in one pass, report the best",
     )
-    parser.add_argument(
-        "--allow_pickle",
-        action="store_true",
-        help="--type npy: also read the reference's pickled <id>.npy dicts when no <id>.npz exists; unpickling "
-        "can run arbitrary code stored in a file, so use it only on files you trust",
+    flags.add_allow_pickle_flag(
+        parser, "--type npy: also read the reference's pickled <id>.npy dicts when no <id>.npz exists"
     )
     parser.add_argument("--json", default=None, type=str, help="also write the results as JSON to this path")
     parser.add_argument(

@@ -15,6 +15,7 @@ import argparse
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +24,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from network import build_network
-from network.resnet38d import load_weights
+from engine import flags, inference
+from engine.script import script_context
 from tool import cli, layout, pyutils, torchutils
+from tool.camutils import BG_SCORE
 from tool.crf import crf_inference
 from tool.fileio import load_scores, missing_score_file_message, remove_stale_temps, save_png, save_scores, score_file
 from tool.imutils import hwc_to_chw
-from tool.randomwalk import DEFAULT_RADIUS, propagate
+from tool.randomwalk import DEFAULT_RADIUS, min_grid, propagate
 from voc12.data import VOC12ImageDataset
 from voc12.voc import NUM_CLASSES, load_img_id_list, voc_palette
 
@@ -43,17 +45,11 @@ LOGT_BOUND_REASON = f"the walk takes 2 ** logt sparse steps; 2 ** {MAX_LOGT} is 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Propagate CAMs by random walk with AffinityNet affinities")
-    parser.add_argument("--weights", type=str, required=True, help="trained AffinityNet .pth")
-    parser.add_argument("--network", type=str, default="network.resnet38_aff", help="network module, dotted name")
-    parser.add_argument("--infer_list", type=str, default="voc12/train.txt", help="images to process")
-    parser.add_argument(
-        "--num_workers",
-        type=cli.worker_count,
-        default=cli.default_workers(8),
-        help="DataLoader worker processes (default 8, at most the usable CPUs)",
-    )
+    flags.add_weights_flag(parser, "trained AffinityNet .pth")
+    flags.add_network_flags(parser, "network.resnet38_aff", width_help="channel width multiplier of the network")
+    flags.add_num_workers_flag(parser, help="DataLoader worker processes (default 8, at most the usable CPUs)")
     parser.add_argument("--cam_dir", type=str, required=True, help="CAM folder written by infer_cls_ser.py --out_cam")
-    parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder")
+    flags.add_data_flags(parser, "--infer_list", list_help="images to process", root_help="VOC2012 devkit folder")
     parser.add_argument("--out_rw", type=str, required=True, help="output folder of random-walk label PNGs")
     parser.add_argument(
         "--out_rw_scores",
@@ -74,7 +70,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         help=f"log2 of the number of random-walk steps, 0..{MAX_LOGT} (reference: 8)",
     )
     parser.add_argument(
-        "--bg_score", type=cli.unit_float, default=0.2, help="constant background CAM score in [0, 1] (reference: 0.2)"
+        "--bg_score",
+        type=cli.unit_float,
+        default=BG_SCORE,
+        help="constant background CAM score in [0, 1] (reference: 0.2)",
     )
     parser.add_argument(
         "--crf",
@@ -91,17 +90,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="sparse",
         help="sparse matrix (ours) or the reference's dense T squared logt times",
     )
-    parser.add_argument(
-        "--width_mult", type=cli.width_mult, default=1.0, help="channel width multiplier of the network"
-    )
-    parser.add_argument(
-        "--allow_pickle",
-        action="store_true",
-        help="also read the reference's pickled <id>.npy CAM files; unpickling can run arbitrary code stored in a "
-        "file, so use it only on files you trust",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")
-    torchutils.add_device_args(parser)
+    flags.add_allow_pickle_flag(parser, "the reference's pickled <id>.npy CAM files")
+    flags.add_overwrite_flag(parser, "recompute images whose outputs exist")
+    flags.add_device_flags(parser)
     return parser
 
 
@@ -116,22 +107,37 @@ def cam_grid(keys: np.ndarray, cams: np.ndarray, padded_hw: tuple[int, int], bg_
 
 
 @torch.inference_mode()
-def random_walk_image(model, image: np.ndarray, keys, cams, args, device) -> tuple[np.ndarray, torch.Tensor]:
-    """Label map (H, W) uint8 and propagated grid scores (21, h, w) for one image."""
+def random_walk_image(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    keys: np.ndarray,
+    cams: np.ndarray,
+    device: torch.device,
+    *,
+    bg_score: float = BG_SCORE,
+    beta: float = 8,
+    logt: int = 8,
+    rw_mode: str = "sparse",
+    crf: bool = False,
+    amp: bool = False,
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Label map (H, W) uint8 and propagated grid scores (21, h, w) for one image (flags of the same names)."""
     height, width = image.shape[:2]
-    # Pad to a multiple of 8; tiny images further, so that the grid holds the radius-5 pairs.
+    # Pad to a multiple of 8; tiny images further, so that the grid holds the network's pairs.
+    radius = getattr(model, "radius", DEFAULT_RADIUS)
+    min_rows, min_cols = min_grid(radius)
     padded = (
-        max(math.ceil(height / STRIDE), DEFAULT_RADIUS) * STRIDE,
-        max(math.ceil(width / STRIDE), 2 * DEFAULT_RADIUS - 1) * STRIDE,
+        max(math.ceil(height / STRIDE), min_rows) * STRIDE,
+        max(math.ceil(width / STRIDE), min_cols) * STRIDE,
     )
     x = torch.from_numpy(hwc_to_chw(model.normalize(image)))[None]
     x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height))  # zeros after normalisation
-    with torchutils.autocast(device, args.amp):
+    with torchutils.autocast(device, amp):
         aff = model(x.to(device))[0].float()  # (34, n_from)
-    grid = cam_grid(keys, cams, padded, args.bg_score).to(device)
-    scores = propagate(aff, grid, grid.shape[1:], beta=args.beta, logt=args.logt, mode=args.rw_mode)
+    grid = cam_grid(keys, cams, padded, bg_score).to(device)
+    scores = propagate(aff, grid, grid.shape[1:], beta=beta, logt=logt, mode=rw_mode, radius=radius)
     up = F.interpolate(scores[None], size=padded, mode="bilinear", align_corners=False)[0]
-    if args.crf:
+    if crf:
         image_padded = np.zeros((*padded, 3), np.uint8)
         image_padded[:height, :width] = image
         up = torch.from_numpy(crf_inference(image_padded, up.cpu().numpy(), t=1))
@@ -140,9 +146,11 @@ def random_walk_image(model, image: np.ndarray, keys, cams, args, device) -> tup
 
 
 def main(args: argparse.Namespace) -> dict:
-    torchutils.init_distributed()
-    pyutils.setup_logger(None, torchutils.is_main_process())
-    device = torchutils.get_device(args.device)
+    with script_context(args) as env:
+        return _main(args, env.device)
+
+
+def _main(args: argparse.Namespace, device: torch.device) -> dict:
     out_rw = Path(args.out_rw)
 
     def paths(image_id: str) -> dict[str, Path]:
@@ -156,37 +164,45 @@ def main(args: argparse.Namespace) -> dict:
         folders.add(cli.check_output_dir(args.out_rw_scores, "--out_rw_scores"))
     remove_stale_temps(folders, set(todo))  # hidden temp files of a killed run
     summary = {"images": len(ids), "done": 0, "skipped": len(ids) - len(todo)}
-    if not todo:
-        return summary
-    for image_id in todo:  # every CAM file must be there before hours of work start
-        cam_path = score_file(args.cam_dir, image_id, args.allow_pickle)
-        if not cam_path.is_file():
-            raise cli.MissingFileError(f"--cam_dir: {missing_score_file_message(cam_path)}")
+    if todo:
+        for image_id in todo:  # every CAM file must be there before hours of work start
+            cam_path = score_file(args.cam_dir, image_id, args.allow_pickle)
+            if not cam_path.is_file():
+                raise cli.MissingFileError(f"--cam_dir: {missing_score_file_message(cam_path)}")
+        start = time.time()
+        summary["done"] = run_images(args, todo, paths, device)
+        summary["seconds"] = time.time() - start
+    summary["images"], summary["done"], summary["skipped"] = torchutils.sum_over_ranks(
+        [summary["images"], summary["done"], summary["skipped"]]
+    )
+    if todo:
+        logger.info("random walk: %s", summary)
+    return summary
 
-    model = build_network(args.network, args.width_mult)
-    load_weights(model, args.weights, allow_missing_head=False)
-    model.to(device).eval()
+
+def run_images(args: argparse.Namespace, todo: list[str], paths: Callable, device: torch.device) -> int:
+    """Walk and write the images ``todo``; returns how many were processed."""
+    model = inference.load_model(args.network, args.width_mult, args.weights, device)
     palette = voc_palette()
     loader = DataLoader(
         VOC12ImageDataset(args.infer_list, args.voc12_root, ids=todo), batch_size=None, num_workers=args.num_workers
     )
-    start = time.time()
+    walk = {k: getattr(args, k) for k in ("bg_score", "beta", "logt", "rw_mode", "crf", "amp")}
+    done = 0
     for image_id, image in tqdm(loader, total=len(todo), disable=not torchutils.is_main_process()):
         image = image.numpy()
         cam_path = score_file(args.cam_dir, image_id, args.allow_pickle)
         keys, cams = load_scores(cam_path, args.allow_pickle, kind="cam")
         if cams.shape[1:] != image.shape[:2]:
             raise cli.InputError(f"{cam_path}: CAM is {cams.shape[1:]} but image {image_id} is {image.shape[:2]}")
-        label, scores = random_walk_image(model, image, keys, cams, args, device)
+        label, scores = random_walk_image(model, image, keys, cams, device, **walk)
         out = paths(image_id)
         if "rw_scores" in out:
             keep = np.concatenate([[0], keys + 1])
             save_scores(out["rw_scores"], keep, scores[keep].cpu().numpy(), "float32", kind="rw")
         save_png(out["rw"], label, palette)
-        summary["done"] += 1
-    summary["seconds"] = time.time() - start
-    logger.info("random walk: %s", summary)
-    return summary
+        done += 1
+    return done
 
 
 if __name__ == "__main__":

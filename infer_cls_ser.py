@@ -32,7 +32,6 @@ of the images it recomputes.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing
 import os
@@ -43,19 +42,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from network import build_network
-from network.resnet38d import load_weights
-from tool import cli, layout, pyutils, torchutils
-from tool.camutils import max_norm
+from engine import flags, inference
+from engine.script import ScriptEnv, script_context
+from tool import cli, layout, torchutils
+from tool.camutils import BG_SCORE, max_norm
 from tool.crf import crf_scores_with_alpha
-from tool.fileio import SCORE_DTYPES, atomic_path, remove_stale_temps, save_png, save_scores
+from tool.fileio import SCORE_DTYPES, atomic_path, save_png, save_scores
 from tool.visualization import cam_overlay
 from voc12.data import MSF_SCALES, VOC12ClsDatasetMSF
 from voc12.make_cls_labels import load_or_build_cls_labels
@@ -64,7 +62,6 @@ from voc12.voc import load_img_id_list, voc_palette
 logger = logging.getLogger(__name__)
 
 CRF_ALPHAS = (4.0, 24.0)
-BG_SCORE = 0.2
 
 
 def default_crf_workers() -> int:
@@ -93,20 +90,11 @@ def crf_alphas_of(flags: list[str]) -> list[float]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="SSENet CAM inference: CAMs, CAM predictions, CRF scores")
-    parser.add_argument("--weights", type=str, required=True, help="trained SSENet state dict (.pth)")
-    parser.add_argument("--network", type=str, default="network.resnet38_cls_ser", help="network module, dotted name")
-    parser.add_argument(
-        "--width_mult", type=cli.width_mult, default=1.0, help="channel width multiplier the weights were trained with"
-    )
-    parser.add_argument("--infer_list", type=str, default="voc12/train.txt", help="list of images to process")
-    parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder (JPEGImages, ...)")
-    parser.add_argument("--cls_labels", type=str, default="voc12/cls_labels.npz", help="image-level label cache (.npz)")
-    parser.add_argument(
-        "--num_workers",
-        type=cli.worker_count,
-        default=8,
-        help="DataLoader worker processes per rank (at most the CPUs)",
-    )
+    flags.add_weights_flag(parser, "trained SSENet state dict (.pth)")
+    flags.add_network_flags(parser, "network.resnet38_cls_ser")
+    flags.add_data_flags(parser, "--infer_list")
+    flags.add_cls_labels_flag(parser)
+    flags.add_num_workers_flag(parser, 8, "DataLoader worker processes per rank (at most the CPUs)")
     parser.add_argument(
         "--scales",
         type=cli.float_range(0, 4, lo_open=True),
@@ -146,8 +134,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="float16",
         help="dtype of the stored CAM and CRF scores",
     )
-    parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs all exist already")
-    torchutils.add_device_args(parser)
+    flags.add_overwrite_flag(parser)
+    flags.add_device_flags(parser)
     return parser
 
 
@@ -175,13 +163,11 @@ def infer_cams(
     cam_sum = torch.zeros((present.numel(), height, width), device=device)  # (K, H, W)
     if present.numel() > 0:
         present_dev = present.to(device)
-        for pair in inputs:
-            with torchutils.autocast(device, amp):
-                cam = model(pair.to(device, non_blocking=True))  # (2, 20, h_s, w_s)
+        for cam in inference.msf_outputs(model, inputs, device, amp):  # (2, 20, h_s, w_s)
             # Absent classes are zeroed anyway: dropping them before the resize saves its work (it is per channel).
             cam = F.relu(cam.index_select(1, present_dev).float())
             cam = F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)
-            cam_sum += cam[0] + cam[1].flip(-1)
+            cam_sum += inference.unflip_sum(cam)
     norm_cam = torch.zeros((label.numel(), height, width))
     norm_cam[present] = max_norm(cam_sum).cpu()
     return norm_cam.numpy()
@@ -287,25 +273,28 @@ class CrfPool:
 # --------------------------------------------------------------------------- main
 
 
-def load_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
-    model = build_network(args.network, args.width_mult)
-    load_weights(model, args.weights, allow_missing_head=False)
-    return model.eval().to(device)
-
-
-def write_outputs(args: argparse.Namespace, item: dict, norm_cam: np.ndarray, crf_pool: CrfPool) -> None:
-    """Every requested file of one image; the CRF ones are queued to the worker pool first so they overlap."""
+def write_outputs(
+    paths: dict[str, Path],
+    item: dict,
+    norm_cam: np.ndarray,
+    crf_pool: CrfPool,
+    crf_alphas: list[float],
+    score_dtype: str = "float16",
+    bg_score: float = BG_SCORE,
+) -> None:
+    """Every file of ``paths`` (:func:`output_paths`) for one image; the CRF ones are queued to the worker pool
+    first so they overlap."""
     image = item["image"].numpy()  # (H, W, 3) uint8
     keys = np.flatnonzero(item["label"].numpy() > 0)
     cams = norm_cam[keys]  # (K, H, W), present classes only
-    paths = output_paths(args, item["id"])
-    for alpha in args.crf_alphas if args.out_crf else ():
-        crf_pool.submit(paths[layout.crf_kind(alpha)], image, keys, cams, alpha, args.score_dtype)
-    if args.out_cam:
-        save_scores(paths["cam"], keys, cams, args.score_dtype, kind="cam")
-    if args.out_cam_pred:
-        save_png(paths["cam_pred"], cam_prediction(norm_cam, args.bg_score), voc_palette())
-    if args.out_vis:
+    for alpha in crf_alphas:
+        if layout.crf_kind(alpha) in paths:
+            crf_pool.submit(paths[layout.crf_kind(alpha)], image, keys, cams, alpha, score_dtype)
+    if "cam" in paths:
+        save_scores(paths["cam"], keys, cams, score_dtype, kind="cam")
+    if "cam_pred" in paths:
+        save_png(paths["cam_pred"], cam_prediction(norm_cam, bg_score), voc_palette())
+    if "vis" in paths:
         _save_rgb_png(paths["vis"], cam_visualization(image, cams))
 
 
@@ -313,7 +302,7 @@ def run_images(args: argparse.Namespace, ids: list[str], todo: list[int], device
     """CAMs and outputs of ``ids[i]`` for ``i`` in ``todo``; returns how many images were processed."""
     threads = torch.get_num_threads()
     with CrfPool(args.crf_workers if args.out_crf else 0) as crf_pool:
-        model = load_model(args, device)
+        model = inference.load_model(args.network, args.width_mult, args.weights, device)
         labels = load_or_build_cls_labels(args.voc12_root, ids, args.cls_labels)
         msf = VOC12ClsDatasetMSF(args.infer_list, args.voc12_root, labels, args.scales, normalize=model.normalize)
         # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
@@ -329,7 +318,8 @@ def run_images(args: argparse.Namespace, ids: list[str], todo: list[int], device
                 for item in tqdm(loader, desc="CAM inference", disable=not is_main):
                     size = tuple(item["image"].shape[:2])
                     norm_cam = infer_cams(model, item["inputs"], item["label"], size, device, args.amp)
-                    write_outputs(args, item, norm_cam, crf_pool)
+                    paths = output_paths(args, item["id"])
+                    write_outputs(paths, item, norm_cam, crf_pool, args.crf_alphas, args.score_dtype, args.bg_score)
                     done += 1
             crf_pool.close()
         finally:
@@ -339,18 +329,12 @@ def run_images(args: argparse.Namespace, ids: list[str], todo: list[int], device
 
 def main(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
-    joined_here = not torchutils.is_distributed() and torchutils.init_distributed()
-    is_main = torchutils.is_main_process()
-    pyutils.setup_logger(None, is_main)
-    device = torchutils.get_device(args.device)
-    logger.info("args: %s", json.dumps(vars(args), default=str))
-    logger.info(
-        "git %s, torch %s, device %s, world size %d",
-        pyutils.git_sha(),
-        torch.__version__,
-        device,
-        torchutils.get_world_size(),
-    )
+    with script_context(args) as env:
+        return _main(args, env, start)
+
+
+def _main(args: argparse.Namespace, env: ScriptEnv, start: float) -> dict:
+    device, is_main = env.device, env.is_main
     if not (args.out_cam or args.out_cam_pred or args.out_crf or args.out_vis):
         raise SystemExit("nothing to write: give at least one of --out_cam, --out_cam_pred, --out_crf, --out_vis")
     if args.out_crf and not args.crf_alphas:
@@ -358,14 +342,6 @@ def main(args: argparse.Namespace) -> dict:
 
     # ---- this rank's images, minus the finished ones (decided before any image is read)
     ids = load_img_id_list(args.infer_list, duplicates="warn")
-    mine = torchutils.shard(list(range(len(ids))))
-    todo = [i for i in mine if args.overwrite or not layout.all_exist(output_paths(args, ids[i]))]
-    skipped = len(mine) - len(todo)
-    if skipped:
-        logger.info(
-            "%d of %d images already have every output; skipping them (--overwrite redoes them)", skipped, len(mine)
-        )
-    folders = {p.parent for p in output_paths(args, ids[0]).values()}
     for flag, folder in (
         ("--out_cam", args.out_cam),
         ("--out_cam_pred", args.out_cam_pred),
@@ -375,23 +351,12 @@ def main(args: argparse.Namespace) -> dict:
             cli.check_output_dir(folder, flag)
     for alpha in args.crf_alphas if args.out_crf else ():
         cli.check_output_dir(layout.crf_dir(args.out_crf, alpha), "--out_crf")
-    removed = remove_stale_temps(folders, {ids[i] for i in todo})
-    if removed:
-        logger.info("removed %d temporary files left by an interrupted run", removed)
+    todo, skipped = inference.images_to_do(ids, lambda i: output_paths(args, i), args.overwrite)
 
     done = run_images(args, ids, todo, device, is_main) if todo else 0
 
     done, skipped = torchutils.sum_over_ranks([done, skipped])
-    seconds = time.perf_counter() - start
-    logger.info(
-        "CAM inference: %d images done, %d skipped (outputs present), %.1f s (%.3f s per image done)",
-        done,
-        skipped,
-        seconds,
-        seconds / max(done, 1),
-    )
-    if joined_here:
-        dist.destroy_process_group()
+    seconds = inference.log_done("CAM inference", done, skipped, start)
     return {"images": len(ids), "done": done, "skipped": skipped, "seconds": seconds}
 
 

@@ -29,7 +29,6 @@ it); leftover temporary files of a killed run are removed.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tarfile
 import time
@@ -43,11 +42,11 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from network import build_network
-from network.resnet38d import load_weights
-from tool import cli, pyutils, torchutils
+from engine import flags, inference
+from engine.script import ScriptEnv, script_context
+from tool import cli, layout, torchutils
 from tool.crf import crf_inference
-from tool.fileio import atomic_path, remove_stale_temps, save_png
+from tool.fileio import atomic_path, save_png
 from voc12.data import VOC12ImageDatasetMSF
 from voc12.voc import load_img_id_list, voc_palette
 
@@ -55,28 +54,20 @@ logger = logging.getLogger(__name__)
 
 # SEAM's released ResNet38 retraining configuration tests at these scales, with flips.
 SEG_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-SERVER_SUBDIR = Path("results", "VOC2012", "Segmentation", "comp6_test_cls")
+SERVER_SUBDIR = layout.SERVER_SUBDIR
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Segmentation inference: multi-scale + flip, optional dense CRF")
-    parser.add_argument(
-        "--weights",
-        type=str,
-        required=True,
-        help="trained segmentation weights (.pth state dict of train_seg.py; .params / .caffemodel need a head)",
+    flags.add_weights_flag(
+        parser, "trained segmentation weights (.pth state dict of train_seg.py; .params / .caffemodel need a head)"
     )
-    parser.add_argument(
-        "--network",
-        type=str,
-        default="network.resnet38_seg",
-        help="network module, dotted name (network.resnet38_seg, network.vgg16_seg)",
+    flags.add_network_flags(
+        parser,
+        "network.resnet38_seg",
+        network_help="network module, dotted name (network.resnet38_seg, network.vgg16_seg)",
     )
-    parser.add_argument(
-        "--width_mult", type=cli.width_mult, default=1.0, help="channel width multiplier the weights were trained with"
-    )
-    parser.add_argument("--infer_list", type=str, default="voc12/val.txt", help="list of images to segment")
-    parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder (JPEGImages, ...)")
+    flags.add_data_flags(parser, "--infer_list", "voc12/val.txt", "list of images to segment")
     parser.add_argument(
         "--scales",
         type=cli.float_range(0, 4, lo_open=True),
@@ -98,14 +89,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--archive", type=str, default=None,
         help="with --test_server_dir: write this .tar.gz of its results/ tree once every image is done",
     )  # fmt: skip
-    parser.add_argument(
-        "--num_workers",
-        type=cli.worker_count,
-        default=cli.default_workers(8),
-        help="DataLoader worker processes per rank (default 8, at most the usable CPUs)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs all exist already")
-    torchutils.add_device_args(parser)
+    flags.add_num_workers_flag(parser)
+    flags.add_overwrite_flag(parser)
+    flags.add_device_flags(parser)
     return parser
 
 
@@ -129,15 +115,12 @@ def infer_probs(
     """
     probs = None
     count = 0
-    for pair in inputs:
-        batch = pair if flip else pair[:1]
-        with torchutils.autocast(device, amp):
-            logits = model(batch.to(device, non_blocking=True))  # (B, 21, h_s, w_s)
+    for logits in inference.msf_outputs(model, inputs, device, amp, flip):  # (B, 21, h_s, w_s)
         logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
         p = torch.softmax(logits, dim=1)
-        p_sum = p[0] + p[1].flip(-1) if flip else p[0]
+        p_sum = inference.unflip_sum(p) if flip else p[0]
         probs = p_sum if probs is None else probs + p_sum
-        count += len(batch)
+        count += len(p)
     return (probs / count).cpu().numpy()
 
 
@@ -151,13 +134,9 @@ def segment(probs: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
 # --------------------------------------------------------------------------- outputs on disk
 
 
-def output_paths(args: argparse.Namespace, image_id: str) -> list[Path]:
-    paths = []
-    if args.out_seg:
-        paths.append(Path(args.out_seg) / f"{image_id}.png")
-    if args.test_server_dir:
-        paths.append(Path(args.test_server_dir) / SERVER_SUBDIR / f"{image_id}.png")
-    return paths
+def output_paths(args: argparse.Namespace, image_id: str) -> dict[str, Path]:
+    """Every file the flags request for ``image_id`` (:func:`tool.layout.seg_stage_paths`)."""
+    return layout.seg_stage_paths(image_id, args.out_seg, args.test_server_dir)
 
 
 def write_archive(server_dir: str | Path, ids: list[str], archive: str | Path) -> int:
@@ -181,15 +160,9 @@ def write_archive(server_dir: str | Path, ids: list[str], archive: str | Path) -
 # --------------------------------------------------------------------------- main
 
 
-def load_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
-    model = build_network(args.network, args.width_mult)
-    load_weights(model, args.weights, allow_missing_head=False)
-    return model.eval().to(device)
-
-
 def run_images(args: argparse.Namespace, todo: list[int], device: torch.device, is_main: bool) -> int:
     """Predict and write ``todo`` (indices into the list); returns how many images were processed."""
-    model = load_model(args, device)
+    model = inference.load_model(args.network, args.width_mult, args.weights, device)
     msf = VOC12ImageDatasetMSF(args.infer_list, args.voc12_root, args.scales, normalize=model.normalize)
     # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
     pin = device.type == "cuda"
@@ -201,7 +174,7 @@ def run_images(args: argparse.Namespace, todo: list[int], device: torch.device, 
             image = item["image"].numpy()  # (H, W, 3) uint8
             probs = infer_probs(model, item["inputs"], image.shape[:2], device, not args.no_flip, args.amp)
             label = segment(probs, image if args.crf else None)
-            for path in output_paths(args, item["id"]):
+            for path in output_paths(args, item["id"]).values():
                 save_png(path, label, palette)
             done += 1
     return done
@@ -209,15 +182,12 @@ def run_images(args: argparse.Namespace, todo: list[int], device: torch.device, 
 
 def main(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
-    joined_here = not torchutils.is_distributed() and torchutils.init_distributed()
-    is_main = torchutils.is_main_process()
-    pyutils.setup_logger(None, is_main)
-    device = torchutils.get_device(args.device)
-    logger.info("args: %s", json.dumps(vars(args), default=str))
-    logger.info(
-        "git %s, torch %s, device %s, world size %d",
-        pyutils.git_sha(), torch.__version__, device, torchutils.get_world_size(),
-    )  # fmt: skip
+    with script_context(args) as env:
+        return _main(args, env, start)
+
+
+def _main(args: argparse.Namespace, env: ScriptEnv, start: float) -> dict:
+    device, is_main = env.device, env.is_main
     if not (args.out_seg or args.test_server_dir):
         raise SystemExit("nothing to write: give --out_seg and/or --test_server_dir")
     if args.archive and not args.test_server_dir:
@@ -225,20 +195,11 @@ def main(args: argparse.Namespace) -> dict:
 
     # ---- this rank's images, minus the finished ones
     ids = load_img_id_list(args.infer_list, duplicates="warn")  # a repeated image is segmented once
-    mine = torchutils.shard(list(range(len(ids))))
-    todo = [i for i in mine if args.overwrite or not all(p.exists() for p in output_paths(args, ids[i]))]
-    skipped = len(mine) - len(todo)
-    if skipped:
-        logger.info("%d of %d images already have every output; skipping them (--overwrite redoes them)",
-                    skipped, len(mine))  # fmt: skip
     if args.out_seg:
         cli.check_output_dir(args.out_seg, "--out_seg")
     if args.test_server_dir:
         cli.check_output_dir(Path(args.test_server_dir) / SERVER_SUBDIR, "--test_server_dir")
-    folders = {p.parent for p in output_paths(args, ids[0])}
-    removed = remove_stale_temps(folders, {ids[i] for i in todo})
-    if removed:
-        logger.info("removed %d temporary files left by an interrupted run", removed)
+    todo, skipped = inference.images_to_do(ids, lambda i: output_paths(args, i), args.overwrite)
 
     done = run_images(args, todo, device, is_main) if todo else 0
     done, skipped = torchutils.sum_over_ranks([done, skipped])  # also waits for every rank to finish
@@ -247,15 +208,9 @@ def main(args: argparse.Namespace) -> dict:
     if args.archive and is_main:
         archived = write_archive(args.test_server_dir, ids, args.archive)
         logger.info("wrote %s (%d predictions) for the VOC evaluation server", args.archive, archived)
-    seconds = time.perf_counter() - start
-    logger.info(
-        "segmentation: %d images done, %d skipped (outputs present), %.1f s (%.3f s per image done)",
-        done, skipped, seconds, seconds / max(done, 1),
-    )  # fmt: skip
+    seconds = inference.log_done("segmentation", done, skipped, start)
     if torchutils.is_distributed():
         dist.barrier()  # the other ranks wait for the archive
-    if joined_here:
-        dist.destroy_process_group()
     return {"images": len(ids), "done": done, "skipped": skipped, "archived": archived, "seconds": seconds}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine import training
+from engine import flags, training
 from network.resnet38_aff import affinity_loss
 from tool import cli
 from voc12.data import VOC12AffDataset
@@ -33,12 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--la_crf_dir", type=str, required=True, help="low-alpha CRF folder (confident foreground)")
     parser.add_argument("--ha_crf_dir", type=str, required=True, help="high-alpha CRF folder (confident background)")
-    parser.add_argument(
-        "--allow_pickle",
-        action="store_true",
-        help="also read the reference's pickled <id>.npy CRF files; unpickling can run arbitrary code stored in a "
-        "file, so use it only on files you trust",
-    )
+    flags.add_allow_pickle_flag(parser, "the reference's pickled <id>.npy CRF files")
     return parser
 
 

@@ -175,13 +175,17 @@ def parallel_capacity(n: int = 3_000_000) -> float:
     return 2 * one / two
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num_images", type=int, default=1464, help="PNG pairs (VOC train has 1,464)")
     parser.add_argument("--num_cams", type=int, default=200, help="CAM .npz files for the curve")
     parser.add_argument("--repeats", type=int, default=5, help="best-of repeats for the fast timings")
     parser.add_argument("--results", type=Path, default=None, help="add/replace '## Evaluation' in this markdown file")
-    cli = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    cli = get_args_parser().parse_args()
 
     load_before, capacity_before = os.getloadavg()[0], parallel_capacity()
     with tempfile.TemporaryDirectory() as tmp:

@@ -116,69 +116,37 @@ def timed(fn) -> tuple[tuple[float, float], object]:
     return (time.perf_counter() - wall, cpu() - cpu0), out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num_images", type=int, default=10, help="toy images to process")
-    parser.add_argument("--size", type=int, default=256, help="long side of the toy images, px")
-    parser.add_argument("--num_workers", type=int, default=1, help="DataLoader workers, both loops")
-    parser.add_argument("--record", action="store_true", help=f"write the results into {RESULTS.name}")
-    cli = parser.parse_args()
+def infer_args(tmp: Path, list_path: Path, num_workers: int, out: Path, *extra: str) -> argparse.Namespace:
+    """``infer_cls_ser.py`` flags for the toy tree under ``tmp``, writing under ``out``."""
+    return infer_cls_ser.get_args_parser().parse_args(
+        [
+            "--weights",
+            str(tmp / "weights.pth"),
+            "--width_mult",
+            str(WIDTH),
+            "--voc12_root",
+            str(tmp / "voc"),
+            "--infer_list",
+            str(list_path),
+            "--cls_labels",
+            str(tmp / "labels.npz"),
+            "--num_workers",
+            str(num_workers),
+            "--device",
+            "cpu",
+            "--out_cam",
+            str(out / "cam"),
+            "--out_cam_pred",
+            str(out / "pred"),
+            "--out_crf",
+            str(out / "crf"),
+            *extra,
+        ]
+    )
 
-    default_threads = torch.get_num_threads()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        make_toy_voc(tmp / "voc", num_train=cli.num_images, num_val=1, size=cli.size, seed=0)
-        torch.manual_seed(0)
-        torch.save(Net(width_mult=WIDTH).state_dict(), tmp / "weights.pth")
-        list_path = tmp / "voc" / "ImageSets" / "Segmentation" / "train.txt"
-        ids = list_path.read_text().split()
-        load_or_build_cls_labels(tmp / "voc", ids, tmp / "labels.npz")
 
-        def args_for(out: Path, *extra: str) -> argparse.Namespace:
-            return infer_cls_ser.get_args_parser().parse_args(
-                [
-                    "--weights",
-                    str(tmp / "weights.pth"),
-                    "--width_mult",
-                    str(WIDTH),
-                    "--voc12_root",
-                    str(tmp / "voc"),
-                    "--infer_list",
-                    str(list_path),
-                    "--cls_labels",
-                    str(tmp / "labels.npz"),
-                    "--num_workers",
-                    str(cli.num_workers),
-                    "--device",
-                    "cpu",
-                    "--out_cam",
-                    str(out / "cam"),
-                    "--out_cam_pred",
-                    str(out / "pred"),
-                    "--out_crf",
-                    str(out / "crf"),
-                    *extra,
-                ]
-            )
-
-        # Warm-up (imports, page cache, first-call allocations), not timed.
-        infer_cls_ser.main(args_for(tmp / "warm", "--scales", "1.0"))
-
-        ours_args = args_for(tmp / "ours")
-        rows = []
-        for threads in (default_threads, 1):
-            torch.set_num_threads(threads)
-            for sub in ("ours", "ref"):
-                shutil.rmtree(tmp / sub, ignore_errors=True)
-            (t_ours, cpu_ours), summary = timed(lambda: infer_cls_ser.main(ours_args))
-            assert summary["done"] == len(ids), summary
-            (t_ref, cpu_ref), (_, t_net, t_crf) = timed(lambda: reference_style(args_for(tmp / "ref"), tmp / "ref"))
-            worst = compare(tmp / "ours", tmp / "ref")
-            assert worst < 2e-2, f"outputs disagree by {worst}"
-            rows.append((threads, t_ref, cpu_ref, t_ours, cpu_ours, t_net, t_crf, worst))
-        torch.set_num_threads(default_threads)
-
-    n = len(ids)
+def report(rows: list[tuple], n: int, cli: argparse.Namespace, ours_args: argparse.Namespace) -> str:
+    """The results section: the setting and one table row per torch thread count."""
     lines = [
         f"Machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
         f"1-min load average at the end {os.getloadavg()[0]:.1f} (other jobs shared the CPUs).",
@@ -202,7 +170,48 @@ def main() -> None:
             f"| {t_ours / n:.3f} ({cpu_ours / n:.3f}) | {t_ref / t_ours:.2f}x |"
         )
     lines += ["", f"Largest difference between the two runs' stored scores: {max(r[-1] for r in rows):.1e} (float16)."]
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num_images", type=int, default=10, help="toy images to process")
+    parser.add_argument("--size", type=int, default=256, help="long side of the toy images, px")
+    parser.add_argument("--num_workers", type=int, default=1, help="DataLoader workers, both loops")
+    parser.add_argument("--record", action="store_true", help=f"write the results into {RESULTS.name}")
+    cli = parser.parse_args()
+
+    default_threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_toy_voc(tmp / "voc", num_train=cli.num_images, num_val=1, size=cli.size, seed=0)
+        torch.manual_seed(0)
+        torch.save(Net(width_mult=WIDTH).state_dict(), tmp / "weights.pth")
+        list_path = tmp / "voc" / "ImageSets" / "Segmentation" / "train.txt"
+        ids = list_path.read_text().split()
+        load_or_build_cls_labels(tmp / "voc", ids, tmp / "labels.npz")
+
+        def args_for(out: Path, *extra: str) -> argparse.Namespace:
+            return infer_args(tmp, list_path, cli.num_workers, out, *extra)
+
+        # Warm-up (imports, page cache, first-call allocations), not timed.
+        infer_cls_ser.main(args_for(tmp / "warm", "--scales", "1.0"))
+
+        ours_args = args_for(tmp / "ours")
+        rows = []
+        for threads in (default_threads, 1):
+            torch.set_num_threads(threads)
+            for sub in ("ours", "ref"):
+                shutil.rmtree(tmp / sub, ignore_errors=True)
+            (t_ours, cpu_ours), summary = timed(lambda: infer_cls_ser.main(ours_args))
+            assert summary["done"] == len(ids), summary
+            (t_ref, cpu_ref), (_, t_net, t_crf) = timed(lambda: reference_style(args_for(tmp / "ref"), tmp / "ref"))
+            worst = compare(tmp / "ours", tmp / "ref")
+            assert worst < 2e-2, f"outputs disagree by {worst}"
+            rows.append((threads, t_ref, cpu_ref, t_ours, cpu_ours, t_net, t_crf, worst))
+        torch.set_num_threads(default_threads)
+
+    text = report(rows, len(ids), cli, ours_args)
     print(text)
     if cli.record:
         write_section(RESULTS, SECTION, text)

@@ -33,13 +33,18 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from tensorboardX import SummaryWriter
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from engine import flags
+from engine.script import ScriptEnv, script_context
 from network import build_network
 from network.resnet38d import load_weights
 from tool import cli, pyutils, torchutils
@@ -56,26 +61,27 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
     ``lr`` (0.01), ``momentum`` (None = the reference quirk), ``crop_size`` (448),
     ``min_crop`` (8) with ``min_crop_reason``.
     """
-    d = defaults
+    _add_optimizer_args(parser, defaults)
+    _add_init_args(parser)
+    _add_run_args(parser, defaults)
+
+
+def _add_optimizer_args(parser: argparse.ArgumentParser, d: dict) -> None:
+    """Batch, schedule, network and optimiser flags."""
     parser.add_argument(
         "--batch_size", type=cli.positive_int, default=d["batch_size"], help="total batch over all devices (>= 1)"
     )
     parser.add_argument(
         "--max_epoches", type=cli.positive_int, default=d["max_epoches"], help="epochs (reference spelling, >= 1)"
     )
-    parser.add_argument("--network", type=str, default=d["network"], help="network module, dotted name")
+    flags.add_network_flags(parser, d["network"], width_help="channel width multiplier in (0, 4] (1/8 for CPU demos)")
     parser.add_argument(
         "--lr",
         type=cli.float_range(0, 10, lo_open=True),
         default=d.get("lr", 0.01),
         help=f"base learning rate in (0, 10] (new layers get 10x; default {d.get('lr', 0.01)})",
     )
-    parser.add_argument(
-        "--num_workers",
-        type=cli.worker_count,
-        default=cli.default_workers(8),
-        help="DataLoader worker processes per rank (default 8, at most the usable CPUs)",
-    )
+    flags.add_num_workers_flag(parser)
     parser.add_argument("--wt_dec", type=cli.float_range(0, 1), default=5e-4, help="weight decay in [0, 1]")
     momentum_default = (
         "default: equal to --wt_dec, the reference's positional-argument quirk (0.9 fixes it)"
@@ -96,11 +102,14 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
         default="sgd",
         help="sgd: the reference's poly SGD; adam: poly Adam (not in the reference; the demo's pretraining stage)",
     )
-    parser.add_argument(
-        "--weights",
-        type=str,
-        default=None,
-        help="init weights: MXNet .params (ResNet38), Caffe .caffemodel (VGG16) or a .pth state dict",
+
+
+def _add_init_args(parser: argparse.ArgumentParser) -> None:
+    """Where the weights start: ``--weights`` or ``--from_scratch`` with its BatchNorm calibration."""
+    flags.add_weights_flag(
+        parser,
+        "init weights: MXNet .params (ResNet38), Caffe .caffemodel (VGG16) or a .pth state dict",
+        required=False,
     )
     parser.add_argument(
         "--from_scratch",
@@ -120,6 +129,10 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
         default=8,
         help="with --from_scratch: batches used to estimate the frozen BatchNorm statistics (0 keeps mean 0, var 1)",
     )
+
+
+def _add_run_args(parser: argparse.ArgumentParser, d: dict) -> None:
+    """Data, outputs, device, seed and the run's length and logging."""
     parser.add_argument("--train_list", type=str, default="voc12/train_aug.txt", help="list of training images")
     parser.add_argument("--session_name", type=str, default=d["session_name"], help="output path prefix")
     min_crop = d.get("min_crop", 8)
@@ -130,12 +143,9 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
         default=crop_default,
         help=f"random crop side, pixels, {min_crop}..4096 (default {crop_default})",
     )
-    parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder")
+    flags.add_data_flags(parser, root_help="VOC2012 devkit folder")
     parser.add_argument("--tblog_dir", type=str, default="./log", help="TensorBoard folder ('' disables)")
-    parser.add_argument(
-        "--width_mult", type=cli.width_mult, default=1.0, help="channel width multiplier in (0, 4] (1/8 for CPU demos)"
-    )
-    torchutils.add_device_args(parser)
+    flags.add_device_flags(parser)
     parser.add_argument("--seed", type=cli.int_range(0, 2**31 - 1), default=1, help="random seed (reference: 1)")
     parser.add_argument(
         "--accum_steps", type=cli.positive_int, default=1, help="split each batch into this many micro-batches"
@@ -146,7 +156,7 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
         default=None,
         help="checkpoint to resume from (default: <session_name>_checkpoint.pth when it exists)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="start afresh even if outputs exist")
+    flags.add_overwrite_flag(parser, "start afresh even if outputs exist")
     parser.add_argument("--max_steps", type=cli.positive_int, default=None, help="stop after this many optimiser steps")
     parser.add_argument("--print_freq", type=cli.positive_int, default=10, help="log every N steps")
     parser.add_argument("--vis_freq", type=cli.positive_int, default=100, help="TensorBoard images every N steps")
@@ -228,6 +238,22 @@ def _micro_batches(batch, n: int):
     return [[item[i : i + step] for item in batch] for i in range(0, size, step)]
 
 
+@dataclass
+class _Run:
+    """What one training run's helpers share: the model (plain and wrapped), optimiser, scaler and schedule."""
+
+    args: argparse.Namespace
+    env: ScriptEnv
+    model: torch.nn.Module
+    ddp_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    writer: Any
+    per_rank: int
+    steps_per_epoch: int
+    stop_step: int
+
+
 def train(
     args: argparse.Namespace,
     model: torch.nn.Module,
@@ -237,18 +263,15 @@ def train(
     vis_fn: Callable | None = None,
 ) -> dict:
     """Train ``model`` on ``dataset``; returns a summary dict. See the module docstring."""
-    torchutils.init_distributed()
-    rank, world = torchutils.get_rank(), torchutils.get_world_size()
-    main = torchutils.is_main_process()
     paths = _paths(args)
-    pyutils.setup_logger(paths["log"], main)
-    device = torchutils.get_device(args.device)
-    logger.info("args: %s", json.dumps(vars(args), default=str))
-    logger.info("git %s, torch %s, device %s, world size %d", pyutils.git_sha(), torch.__version__, device, world)
+    with script_context(args, paths["log"]) as env:
+        return _train(args, env, paths, model, dataset, loss_fn, val_fn, vis_fn)
 
+
+def _train(args, env: ScriptEnv, paths, model, dataset, loss_fn, val_fn, vis_fn) -> dict:
+    world, device = env.world, env.device
     if args.batch_size % (world * args.accum_steps):
         raise SystemExit(f"--batch_size {args.batch_size} must be a multiple of world size x --accum_steps")
-    per_rank = args.batch_size // world
     steps_per_epoch = len(dataset) // args.batch_size
     if steps_per_epoch == 0:
         raise SystemExit(f"{len(dataset)} training images are fewer than --batch_size {args.batch_size}")
@@ -257,9 +280,48 @@ def train(
     model.to(device)
     optimizer = torchutils.make_optimizer(model, args.lr, args.wt_dec, max_step, args.momentum, args.optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
+    start_step, resume_rng = resume_or_start(args, paths, model, optimizer, scaler, env.is_main, max_step)
+    if start_step is None:
+        start_step = 0
+        if args.from_scratch and not args.weights and args.bn_calib_batches > 0:
+            calibrate_batchnorm(model, dataset, loss_fn, device, args)  # before DDP, which broadcasts rank 0's
 
-    start_step = 0
-    resume_rng = None
+    ddp_model = torchutils.wrap_model(model, device)
+    ddp_model.train()
+    writer = None
+    if env.is_main and args.tblog_dir:
+        writer = SummaryWriter(args.tblog_dir)
+    stop_step = max_step if args.max_steps is None else min(max_step, args.max_steps)
+    run = _Run(
+        args, env, model, ddp_model, optimizer, scaler, writer, args.batch_size // world, steps_per_epoch, stop_step
+    )
+    step = start_step
+    history = []
+    with logging_redirect_tqdm():
+        while step < stop_step:
+            epoch, offset = divmod(step, steps_per_epoch)
+            loader = _epoch_loader(run, dataset, epoch, offset, resume_rng)
+            resume_rng = None
+            t_epoch = time.time()
+            step, meters = train_one_epoch(run, loader, loss_fn, vis_fn, epoch, offset, step)
+            stats = {"epoch": epoch, "step": step, **{k: m.global_avg for k, m in meters.items()}}
+            stats["epoch_seconds"] = time.time() - t_epoch
+            end_epoch(run, paths, stats, val_fn)
+            if env.is_main:
+                history.append(stats)
+
+    if env.is_main and step >= max_step:
+        save_final(model, step, paths["final"])
+    if writer is not None:
+        writer.close()
+    return {"step": step, "max_step": max_step, "history": history, "final": str(paths["final"])}
+
+
+def resume_or_start(args, paths, model, optimizer, scaler, main: bool, max_step: int) -> tuple[int | None, Any]:
+    """Load ``--resume`` (or the session's checkpoint) into the model, optimiser and scaler; clean up.
+
+    Returns the step and RNG state to resume at (the state only mid-epoch), or ``(None, None)`` for a fresh run.
+    """
     resume = args.resume
     # A finished run keeps its checkpoint too, so the final file is checked first.
     if resume is None and paths["final"].exists() and not args.overwrite:
@@ -272,148 +334,147 @@ def train(
         stems = {p.stem for p in paths.values()}
         if removed := remove_stale_temps({paths["checkpoint"].parent}, stems):
             logger.info("removed %d temporary files left by an interrupted save", removed)
-    if resume is None and main:
-        paths["jsonl"].unlink(missing_ok=True)  # a fresh run must not append to an old run's epoch log
-    if resume is not None:
-        ckpt = torchutils.load_checkpoint(resume, torchutils.CHECKPOINT_KEYS)
-        try:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            first = str(e).strip().splitlines()[:2]
-            raise InputError(
-                f"--resume {resume}: this checkpoint does not fit the model (another --network or --width_mult?): "
-                + " ".join(first)[:300]
-            ) from None
-        start_step = ckpt["step"]
-        resume_rng = ckpt["rng"] if not ckpt["epoch_done"] else None
-        logger.info("resumed from %s at step %d / %d", resume, start_step, max_step)
-    elif args.from_scratch and not args.weights and args.bn_calib_batches > 0:
-        calibrate_batchnorm(model, dataset, loss_fn, device, args)  # before DDP, which broadcasts rank 0's
+    if resume is None:
+        if main:
+            paths["jsonl"].unlink(missing_ok=True)  # a fresh run must not append to an old run's epoch log
+        return None, None
+    ckpt = torchutils.load_checkpoint(resume, torchutils.CHECKPOINT_KEYS)
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[:2]
+        raise InputError(
+            f"--resume {resume}: this checkpoint does not fit the model (another --network or --width_mult?): "
+            + " ".join(first)[:300]
+        ) from None
+    logger.info("resumed from %s at step %d / %d", resume, ckpt["step"], max_step)
+    return ckpt["step"], (ckpt["rng"] if not ckpt["epoch_done"] else None)
 
-    ddp_model = torchutils.wrap_model(model, device)
-    ddp_model.train()
-    writer = None
-    if main and args.tblog_dir:
-        from tensorboardX import SummaryWriter
 
-        writer = SummaryWriter(args.tblog_dir)
+def _epoch_loader(run: _Run, dataset: Dataset, epoch: int, offset: int, resume_rng) -> DataLoader:
+    """This rank's batches of ``epoch`` from batch ``offset`` on, with the epoch's seeds set."""
+    args, rank, world = run.args, run.env.rank, run.env.world
+    # Every epoch's randomness derives from (seed, epoch, rank) only: exact resumption.
+    torchutils.seed_everything(args.seed + 1000 * epoch + rank)
+    if offset and resume_rng is not None:
+        torchutils.set_rng_state(resume_rng)  # continue the stopped epoch's random stream
+    # Only the batches this run trains: fetching one more would spend its augmentation draws
+    # before the checkpoint records the RNG state, and a resumed run would then differ.
+    end = min(run.steps_per_epoch, run.stop_step - epoch * run.steps_per_epoch)
+    per_rank = run.per_rank
+    sampler = _EpochSampler(len(dataset), args.seed, epoch, rank, world, offset * per_rank, end * per_rank)
+    return DataLoader(
+        dataset,
+        batch_size=per_rank,
+        sampler=sampler,
+        num_workers=args.num_workers,
+        drop_last=True,
+        pin_memory=run.env.device.type == "cuda",
+        worker_init_fn=torchutils.seed_worker,
+        generator=torch.Generator().manual_seed(args.seed * 7919 + epoch * 31 + rank),
+        persistent_workers=False,
+    )
 
-    stop_step = max_step if args.max_steps is None else min(max_step, args.max_steps)
-    step = start_step
-    history = []
-    with logging_redirect_tqdm():
-        while step < stop_step:
-            epoch, offset = divmod(step, steps_per_epoch)
-            # Every epoch's randomness derives from (seed, epoch, rank) only: exact resumption.
-            torchutils.seed_everything(args.seed + 1000 * epoch + rank)
-            if offset and resume_rng is not None:
-                torchutils.set_rng_state(resume_rng)  # continue the stopped epoch's random stream
-            resume_rng = None
-            # Only the batches this run trains: fetching one more would spend its augmentation draws
-            # before the checkpoint records the RNG state, and a resumed run would then differ.
-            end = min(steps_per_epoch, stop_step - epoch * steps_per_epoch)
-            sampler = _EpochSampler(len(dataset), args.seed, epoch, rank, world, offset * per_rank, end * per_rank)
-            loader = DataLoader(
-                dataset,
-                batch_size=per_rank,
-                sampler=sampler,
-                num_workers=args.num_workers,
-                drop_last=True,
-                pin_memory=device.type == "cuda",
-                worker_init_fn=torchutils.seed_worker,
-                generator=torch.Generator().manual_seed(args.seed * 7919 + epoch * 31 + rank),
-                persistent_workers=False,
-            )
-            meters: dict[str, pyutils.SmoothedValue] = defaultdict(pyutils.SmoothedValue)
-            t_epoch = time.time()
-            bar = tqdm(total=steps_per_epoch, initial=offset, desc=f"epoch {epoch}", disable=not main, leave=False)
-            for batch in loader:
-                if step >= stop_step or step // steps_per_epoch != epoch:
-                    break
-                t0 = time.time()
-                vis = None
-                chunks = _micro_batches(batch, args.accum_steps)
-                for i, chunk in enumerate(chunks):
-                    last = i == len(chunks) - 1
-                    sync = ddp_model.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
-                    with sync:
-                        with torchutils.autocast(device, args.amp):
-                            loss, scalars, vis = loss_fn(ddp_model, chunk, device)
-                        scaler.scale(loss / len(chunks)).backward()
-                    for k, v in scalars.items():
-                        meters[k].update(v)
-                if not math.isfinite(loss.item()):
-                    raise SystemExit(f"loss is {loss.item()} at step {step}; stopping")
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                meters["imps"].update(args.batch_size / (time.time() - t0))
-                bar.update(1)
-                if main and step % args.print_freq == 0:
-                    eta = (stop_step - step) * args.batch_size / max(meters["imps"].avg, 1e-9)
-                    lr = optimizer.param_groups[0]["lr"]
-                    losses = " ".join(f"{k} {m.avg:.4f}" for k, m in meters.items() if k != "imps")
-                    logger.info(
-                        "step %d/%d %s imps %.1f lr %.5f eta %s",
-                        step,
-                        stop_step,
-                        losses,
-                        meters["imps"].avg,
-                        lr,
-                        pyutils.format_seconds(eta),
-                    )
-                    if writer is not None:
-                        for k, m in meters.items():
-                            writer.add_scalar(f"train/{k}", m.avg, step)
-                        writer.add_scalar("train/lr", lr, step)
-                if writer is not None and vis_fn is not None and vis is not None and step % args.vis_freq == 0:
-                    vis_fn(writer, vis, step)
-            bar.close()
 
-            epoch_done = step % steps_per_epoch == 0
-            stats = {"epoch": epoch, "step": step, **{k: m.global_avg for k, m in meters.items()}}
-            stats["epoch_seconds"] = time.time() - t_epoch
-            if epoch_done and val_fn is not None and main:
-                stats.update({f"val_{k}": v for k, v in val_fn(model, device).items()})
-                if writer is not None:
-                    for k, v in stats.items():
-                        if k.startswith("val_"):
-                            writer.add_scalar(f"val/{k[4:]}", v, step)
-                model.train()
-            if main:
-                torchutils.save_atomic(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "step": step,
-                        "epoch": epoch,
-                        "epoch_done": epoch_done,
-                        "rng": torchutils.rng_state(),
-                        "args": vars(args),
-                    },
-                    paths["checkpoint"],
-                )
-                history.append(stats)
-                with atomic_path(paths["jsonl"]) as tmp:
-                    previous = paths["jsonl"].read_text() if paths["jsonl"].exists() else ""
-                    Path(tmp).write_text(previous + json.dumps(stats) + "\n")
-                logger.info("epoch %d done: %s", epoch, json.dumps(stats))
-            if torchutils.is_distributed():
-                torch.distributed.barrier()
+def train_one_epoch(run: _Run, loader, loss_fn, vis_fn, epoch: int, offset: int, step: int):
+    """Optimiser steps over ``loader`` until the epoch or the run ends; returns the step and the meters."""
+    args, steps_per_epoch = run.args, run.steps_per_epoch
+    meters: dict[str, pyutils.SmoothedValue] = defaultdict(pyutils.SmoothedValue)
+    bar = tqdm(total=steps_per_epoch, initial=offset, desc=f"epoch {epoch}", disable=not run.env.is_main, leave=False)
+    for batch in loader:
+        if step >= run.stop_step or step // steps_per_epoch != epoch:
+            break
+        t0 = time.time()
+        vis = train_step(run, batch, loss_fn, meters, step)
+        step += 1
+        meters["imps"].update(args.batch_size / (time.time() - t0))
+        bar.update(1)
+        if run.env.is_main and step % args.print_freq == 0:
+            _log_step(run, meters, step)
+        if run.writer is not None and vis_fn is not None and vis is not None and step % args.vis_freq == 0:
+            vis_fn(run.writer, vis, step)
+    bar.close()
+    return step, meters
 
-    if main and step >= max_step:
-        # The loss is checked before each step, so a last step that diverged would otherwise be saved silently.
-        bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
-        if bad:
-            raise SystemExit(
-                f"weights are not finite after step {step} (e.g. {bad[:3]}): training diverged; lower --lr"
-            )
-        torchutils.save_atomic(model.state_dict(), paths["final"])
-        logger.info("saved %s", paths["final"])
-    if writer is not None:
-        writer.close()
-    return {"step": step, "max_step": max_step, "history": history, "final": str(paths["final"])}
+
+def train_step(run: _Run, batch, loss_fn, meters: dict, step: int):
+    """One optimiser step on ``batch`` (in ``--accum_steps`` micro-batches); returns the last ``vis``."""
+    vis = None
+    chunks = _micro_batches(batch, run.args.accum_steps)
+    for i, chunk in enumerate(chunks):
+        last = i == len(chunks) - 1
+        sync = run.ddp_model.no_sync() if (run.env.world > 1 and not last) else contextlib.nullcontext()
+        with sync:
+            with torchutils.autocast(run.env.device, run.args.amp):
+                loss, scalars, vis = loss_fn(run.ddp_model, chunk, run.env.device)
+            run.scaler.scale(loss / len(chunks)).backward()
+        for k, v in scalars.items():
+            meters[k].update(v)
+    if not math.isfinite(loss.item()):
+        raise SystemExit(f"loss is {loss.item()} at step {step}; stopping")
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return vis
+
+
+def _log_step(run: _Run, meters: dict, step: int) -> None:
+    eta = (run.stop_step - step) * run.args.batch_size / max(meters["imps"].avg, 1e-9)
+    lr = run.optimizer.param_groups[0]["lr"]
+    losses = " ".join(f"{k} {m.avg:.4f}" for k, m in meters.items() if k != "imps")
+    logger.info(
+        "step %d/%d %s imps %.1f lr %.5f eta %s",
+        step,
+        run.stop_step,
+        losses,
+        meters["imps"].avg,
+        lr,
+        pyutils.format_seconds(eta),
+    )
+    if run.writer is not None:
+        for k, m in meters.items():
+            run.writer.add_scalar(f"train/{k}", m.avg, step)
+        run.writer.add_scalar("train/lr", lr, step)
+
+
+def end_epoch(run: _Run, paths: dict, stats: dict, val_fn) -> None:
+    """Validation (at an epoch's end), the checkpoint and the JSON epoch log line on rank 0; then all ranks meet."""
+    step, epoch = stats["step"], stats["epoch"]
+    epoch_done = step % run.steps_per_epoch == 0
+    if epoch_done and val_fn is not None and run.env.is_main:
+        stats.update({f"val_{k}": v for k, v in val_fn(run.model, run.env.device).items()})
+        if run.writer is not None:
+            for k, v in stats.items():
+                if k.startswith("val_"):
+                    run.writer.add_scalar(f"val/{k[4:]}", v, step)
+        run.model.train()
+    if run.env.is_main:
+        checkpoint = {
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "epoch_done": epoch_done,
+            "rng": torchutils.rng_state(),
+            "args": vars(run.args),
+        }
+        torchutils.save_atomic(checkpoint, paths["checkpoint"])
+        with atomic_path(paths["jsonl"]) as tmp:
+            previous = paths["jsonl"].read_text() if paths["jsonl"].exists() else ""
+            Path(tmp).write_text(previous + json.dumps(stats) + "\n")
+        logger.info("epoch %d done: %s", epoch, json.dumps(stats))
+    if torchutils.is_distributed():
+        torch.distributed.barrier()
+
+
+def save_final(model: torch.nn.Module, step: int, path: Path) -> None:
+    """The final weights; refused when they are not finite."""
+    # The loss is checked before each step, so a last step that diverged would otherwise be saved silently.
+    bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise SystemExit(f"weights are not finite after step {step} (e.g. {bad[:3]}): training diverged; lower --lr")
+    torchutils.save_atomic(model.state_dict(), path)
+    logger.info("saved %s", path)

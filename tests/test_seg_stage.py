@@ -17,6 +17,7 @@ from torch import nn
 import evaluation
 import infer_seg
 import train_seg
+from engine import inference
 from network import resnet38_cls_ser, resnet38d, vgg16_seg, vgg16d
 from network.resnet38_seg import Net, segmentation_loss
 from network.resnet38d import load_weights
@@ -234,7 +235,8 @@ def infer_args(toy: dict, weights: Path, *extra: str) -> argparse.Namespace:
 
 
 def test_infer_probs_average_scales_and_flips_and_are_flip_equivariant(toy, seg_weights):
-    model = infer_seg.load_model(infer_args(toy, seg_weights), torch.device("cpu"))
+    a = infer_args(toy, seg_weights)
+    model = inference.load_model(a.network, a.width_mult, a.weights, torch.device("cpu"))
     img = load_rgb(jpeg_path(toy["root"], load_img_id_list(toy["val_list"])[0]))
     size = (img.height, img.width)
 
@@ -384,7 +386,7 @@ def test_vgg16_seg_trains_two_steps_from_a_caffemodel_and_infers(toy, vgg_caffem
     )  # fmt: skip
     assert infer_seg.main(args)["done"] == len(load_img_id_list(toy["val_list"]))
     # The inference normalised with the network's own (Caffe BGR-mean) normaliser, not ImageNet's.
-    model = infer_seg.load_model(args, torch.device("cpu"))
+    model = inference.load_model(args.network, args.width_mult, args.weights, torch.device("cpu"))
     image_id = load_img_id_list(toy["val_list"])[0]
     img = load_rgb(jpeg_path(toy["root"], image_id))
     inputs = [torch.from_numpy(x) for x in imutils.msf_inputs(img, (1.0, 0.5), vgg16d.normalize)]

@@ -5,6 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# The constant background score beside max-normalised CAMs in [0, 1] (reference: 0.2): ``infer_cls_ser.py``'s CAM
+# predictions and ``infer_aff.py``'s random-walk start (docs/method.md#ssenet-inference, docs/method.md#random-walk).
+BG_SCORE = 0.2
+
 
 def max_norm(cam: torch.Tensor, eps: float = 1e-5, shift: bool = False) -> torch.Tensor:
     """Divide each (image, class) map of ``cam`` (..., H, W) by its spatial maximum + eps, after ReLU.

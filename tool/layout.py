@@ -2,8 +2,9 @@
 
 ``infer_cls_ser.py`` writes, per image id, the files :func:`cam_stage_paths` names (CRF folders
 ``<out_crf>_<alpha>`` with alpha written as a float, :func:`crf_dir`); ``infer_aff.py`` the ones
-:func:`rw_stage_paths` names. The scripts, ``run_pipeline.py`` and the benchmarks all ask here, so a
-non-default ``--crf_alphas`` moves every reader with the writer.
+:func:`rw_stage_paths` names, ``infer_seg.py`` the ones :func:`seg_stage_paths` names. The scripts,
+``run_pipeline.py`` and the benchmarks all ask here, so a non-default ``--crf_alphas``
+moves every reader with the writer.
 """
 
 from __future__ import annotations
@@ -58,6 +59,22 @@ def rw_stage_paths(image_id: str, out_rw: PathLike, out_rw_scores: PathLike | No
     paths = {"rw": Path(out_rw) / f"{image_id}.png"}
     if out_rw_scores:
         paths["rw_scores"] = Path(out_rw_scores) / f"{image_id}.npz"
+    return paths
+
+
+# The PASCAL VOC evaluation server's layout ("comp6": trained with data beyond VOC's own labels).
+SERVER_SUBDIR = Path("results", "VOC2012", "Segmentation", "comp6_test_cls")
+
+
+def seg_stage_paths(
+    image_id: str, out_seg: PathLike | None = None, test_server_dir: PathLike | None = None
+) -> dict[str, Path]:
+    """Every file ``infer_seg.py`` writes for ``image_id``: the label PNG (``seg``) and/or its server copy."""
+    paths = {}
+    if out_seg:
+        paths["seg"] = Path(out_seg) / f"{image_id}.png"
+    if test_server_dir:
+        paths["server"] = Path(test_server_dir) / SERVER_SUBDIR / f"{image_id}.png"
     return paths
 
 

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-IGNORE_INDEX = 255
+IGNORE_INDEX = 255  # void pixels of the VOC label PNGs: skipped by the scores and the losses (voc12.voc)
 EPS = 1e-10  # the reference's guard against empty classes, kept so numbers match to the last bit
 
 
@@ -207,52 +207,16 @@ def cam_threshold_confusions(
     sums over thresholds give every matrix exactly.
     """
     thresholds = np.asarray(thresholds, dtype=np.float32).reshape(-1)
-    if thresholds.size and not thresholds.min() >= 0:
-        raise ValueError(f"background thresholds must be >= 0, got {thresholds.tolist()}")
     keys = np.asarray(keys).reshape(-1)
     scores = np.asarray(scores, dtype=np.float32)
     n = num_classes
-    if scores.ndim != 3 or scores.shape[0] != keys.size:
-        raise ValueError(f"scores must be (K, H, W) with K = {keys.size} keys, got shape {scores.shape}")
-    if scores.shape[1:] != gt.shape and not (keys.size == 0 and scores.shape[1:] == (0, 0)):
-        raise ValueError(f"ground truth {gt.shape} and scores {scores.shape[1:]} differ in size")
-    if keys.size and not (np.issubdtype(keys.dtype, np.integer) and keys.min() >= 0 and keys.max() < n - 1):
-        raise ValueError(f"score keys must be foreground class indices 0..{n - 2}, got {keys.tolist()}")
-    if np.unique(keys).size != keys.size:
-        raise ValueError(f"score keys must be distinct, got {keys.tolist()}")
-
+    _check_cam_inputs(gt, keys, scores, thresholds, n)
     gt = _as_uint8_labels(gt, "ground truth", n, ignore_index)
-    # Histogram row of each pixel: its class; void goes to an extra row n that is
-    # dropped at the end (cheaper than masking every per-pixel array) and an
-    # invalid value to row n + 1, which must stay empty.
-    gt_row = np.full(256, n + 1, dtype=np.intp)
-    gt_row[:n] = np.arange(n)
-    gt_row[ignore_index] = n
-    gt_row = gt_row[gt]
+    gt_row = _histogram_rows(gt, n, ignore_index)
 
     order = np.argsort(thresholds, kind="stable")
     num_t = thresholds.size
-    best_class = np.zeros(gt.shape, dtype=np.uint8)  # mask label 1..n-1 of the best class
-    if keys.size == 0:
-        num_above = np.zeros(gt.shape, dtype=np.intp)
-    else:
-        # The reference stacks maps by class index, so ties go to the lower class:
-        # visit classes in that order and replace only on a strictly higher score.
-        # (A loop over the few present classes beats np.argmax over axis 0.)
-        class_order = np.argsort(keys)
-        best_score = scores[class_order[0]].copy()  # (H, W)
-        best_class[:] = keys[class_order[0]] + 1
-        for k in class_order[1:]:
-            higher = scores[k] > best_score
-            np.copyto(best_class, np.uint8(keys[k] + 1), where=higher)
-            np.maximum(best_score, scores[k], out=best_score)
-        if np.isnan(best_score).any():  # np.maximum carries any NaN through to here
-            raise ValueError("scores contain NaN")
-        # Thresholds strictly below the score: for those the pixel is foreground.
-        if num_t == 1:
-            num_above = (best_score > thresholds[0]).astype(np.intp)
-        else:
-            num_above = np.searchsorted(thresholds[order], best_score, side="left").astype(np.intp, copy=False)
+    best_class, num_above = _best_class(keys, scores, gt.shape, thresholds, order)
 
     index = num_above
     index *= n + 2
@@ -277,3 +241,56 @@ def cam_threshold_confusions(
     conf = np.empty_like(conf_sorted)
     conf[order] = conf_sorted
     return conf
+
+
+def _histogram_rows(gt: np.ndarray, n: int, ignore_index: int) -> np.ndarray:
+    """Histogram row of each pixel: its class; void goes to an extra row n that is
+    dropped at the end (cheaper than masking every per-pixel array) and an
+    invalid value to row n + 1, which must stay empty."""
+    gt_row = np.full(256, n + 1, dtype=np.intp)
+    gt_row[:n] = np.arange(n)
+    gt_row[ignore_index] = n
+    return gt_row[gt]
+
+
+def _check_cam_inputs(gt: np.ndarray, keys: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, n: int) -> None:
+    """The argument checks of :func:`cam_threshold_confusions` (ValueError naming the problem)."""
+    if thresholds.size and not thresholds.min() >= 0:
+        raise ValueError(f"background thresholds must be >= 0, got {thresholds.tolist()}")
+    if scores.ndim != 3 or scores.shape[0] != keys.size:
+        raise ValueError(f"scores must be (K, H, W) with K = {keys.size} keys, got shape {scores.shape}")
+    if scores.shape[1:] != gt.shape and not (keys.size == 0 and scores.shape[1:] == (0, 0)):
+        raise ValueError(f"ground truth {gt.shape} and scores {scores.shape[1:]} differ in size")
+    if keys.size and not (np.issubdtype(keys.dtype, np.integer) and keys.min() >= 0 and keys.max() < n - 1):
+        raise ValueError(f"score keys must be foreground class indices 0..{n - 2}, got {keys.tolist()}")
+    if np.unique(keys).size != keys.size:
+        raise ValueError(f"score keys must be distinct, got {keys.tolist()}")
+
+
+def _best_class(
+    keys: np.ndarray, scores: np.ndarray, shape: tuple[int, int], thresholds: np.ndarray, order: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's best class as a mask label 1..n-1 (uint8) and how many thresholds lie strictly below its score."""
+    num_t = thresholds.size
+    best_class = np.zeros(shape, dtype=np.uint8)  # mask label 1..n-1 of the best class
+    if keys.size == 0:
+        num_above = np.zeros(shape, dtype=np.intp)
+    else:
+        # The reference stacks maps by class index, so ties go to the lower class:
+        # visit classes in that order and replace only on a strictly higher score.
+        # (A loop over the few present classes beats np.argmax over axis 0.)
+        class_order = np.argsort(keys)
+        best_score = scores[class_order[0]].copy()  # (H, W)
+        best_class[:] = keys[class_order[0]] + 1
+        for k in class_order[1:]:
+            higher = scores[k] > best_score
+            np.copyto(best_class, np.uint8(keys[k] + 1), where=higher)
+            np.maximum(best_score, scores[k], out=best_score)
+        if np.isnan(best_score).any():  # np.maximum carries any NaN through to here
+            raise ValueError("scores contain NaN")
+        # Thresholds strictly below the score: for those the pixel is foreground.
+        if num_t == 1:
+            num_above = (best_score > thresholds[0]).astype(np.intp)
+        else:
+            num_above = np.searchsorted(thresholds[order], best_score, side="left").astype(np.intp, copy=False)
+    return best_class, num_above

@@ -197,6 +197,23 @@ def _densify_csr(
 def _read_record(r: _Reader, index: int, count: int) -> np.ndarray | None:
     """Read one array record (docs/formats.md#array-record); ``None`` for an empty ("none") array."""
     what = f"array {index} of {count}"
+    header = _read_record_header(r, what)
+    if header is None:
+        return None
+    stype, storage_shape, shape = header
+    r.skip(8, f"{what} context (dev_type, dev_id)")  # ignored: every array is returned on the host
+    flag = r.dtype_flag(f"{what} dtype flag")
+    dtype = _DTYPES[flag]
+    is_bfloat16 = flag == _BFLOAT16_FLAG
+
+    if stype == _DENSE:
+        arr = r.array(dtype, shape, what)
+        return _widen_bfloat16(arr) if is_bfloat16 else arr
+    return _read_sparse_values(r, what, stype, storage_shape, shape, dtype, is_bfloat16)
+
+
+def _read_record_header(r: _Reader, what: str) -> tuple[int, tuple | None, tuple] | None:
+    """Storage type, storage shape (sparse only) and shape of a record; ``None`` for a none array."""
     start = r.pos
     head = r.scalar("<I", f"{what} record magic or legacy ndim")
     version = _RECORD_NAMES.get(head, "legacy")
@@ -238,16 +255,13 @@ def _read_record(r: _Reader, index: int, count: int) -> np.ndarray | None:
         # gives ndim 0 its numpy meaning, a 0-d scalar.
         if shape is None or (version == "V2" and not shape):
             return None
+    return stype, storage_shape, shape
 
-    r.skip(8, f"{what} context (dev_type, dev_id)")  # ignored: every array is returned on the host
-    flag = r.dtype_flag(f"{what} dtype flag")
-    dtype = _DTYPES[flag]
-    is_bfloat16 = flag == _BFLOAT16_FLAG
 
-    if stype == _DENSE:
-        arr = r.array(dtype, shape, what)
-        return _widen_bfloat16(arr) if is_bfloat16 else arr
-
+def _read_sparse_values(
+    r: _Reader, what: str, stype: int, storage_shape: tuple | None, shape: tuple, dtype, is_bfloat16: bool
+) -> np.ndarray:
+    """The aux shapes, values and aux arrays of a row_sparse or csr record, densified."""
     aux_specs = []
     for aux in range(_NUM_AUX[stype]):
         aux_dtype = _DTYPES[r.dtype_flag(f"{what} aux {aux} dtype flag", _INDEX_FLAGS)]

@@ -42,13 +42,18 @@ def pair_offsets(radius: int = DEFAULT_RADIUS) -> tuple[tuple[int, int], ...]:
     return tuple(offsets)
 
 
+def min_grid(radius: int = DEFAULT_RADIUS) -> tuple[int, int]:
+    """The smallest feature grid (rows, columns) that holds a pair of every offset: ``radius`` x ``2 radius - 1``."""
+    return radius, 2 * radius - 1
+
+
 def from_region(h: int, w: int, radius: int = DEFAULT_RADIUS) -> tuple[slice, slice]:
     """Row and column slices of the "from" pixels of an h x w grid."""
     rows, cols = h - radius + 1, w - 2 * (radius - 1)
     if rows < 1 or cols < 1:
         raise ValueError(
             f"feature grid {h}x{w} is too small for pair radius {radius}: "
-            f"need at least {radius} rows and {2 * radius - 1} columns"
+            "need at least {} rows and {} columns".format(*min_grid(radius))
         )
     return slice(0, rows), slice(radius - 1, radius - 1 + cols)
 
@@ -89,7 +94,7 @@ def pair_slices(h: int, w: int, radius: int = DEFAULT_RADIUS) -> list[tuple[slic
 
 
 def _pair_entries(
-    aff: torch.Tensor, h: int, w: int, beta: float
+    aff: torch.Tensor, h: int, w: int, beta: float, radius: int = DEFAULT_RADIUS
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The entries of T (docs/method.md#random-walk) as float64 on ``aff``'s device.
 
@@ -98,11 +103,11 @@ def _pair_entries(
     no diagonal) and ``T[j, j] = 1 / degree[j]``, where ``degree[j] = sum_i
     A[i, j] >= 1`` is the column sum of ``A`` including its diagonal 1.
     """
-    idx_from, idx_to = pair_indices(h, w)
+    idx_from, idx_to = pair_indices(h, w, radius)
     if tuple(aff.shape) != idx_to.shape:
         raise ValueError(
             f"aff has shape {tuple(aff.shape)}, expected {idx_to.shape} "
-            f"(pair offsets, from pixels) for the {h}x{w} feature grid"
+            f"(pair offsets, from pixels) for the {h}x{w} feature grid and pair radius {radius}"
         )
     device = aff.device
     pix_to = torch.tensor(idx_to, device=device).reshape(-1)
@@ -116,7 +121,9 @@ def _pair_entries(
     return src, dst, affinity / degree[dst], degree
 
 
-def transition_matrix(aff: torch.Tensor, h: int, w: int, beta: float = 8.0) -> torch.Tensor:
+def transition_matrix(
+    aff: torch.Tensor, h: int, w: int, beta: float = 8.0, radius: int = DEFAULT_RADIUS
+) -> torch.Tensor:
     """Dense transition matrix T (N, N), N = h * w, float32 on ``aff``'s device.
 
     ``aff`` is one image's (34, n_from) pair affinities in ``pair_indices(h, w)``
@@ -125,7 +132,7 @@ def transition_matrix(aff: torch.Tensor, h: int, w: int, beta: float = 8.0) -> t
     every column of T sums to 1. This is the reference (dense) construction:
     N^2 memory, meant for small grids, tests and benchmarks.
     """
-    src, dst, weight, degree = _pair_entries(aff, h, w, beta)
+    src, dst, weight, degree = _pair_entries(aff, h, w, beta, radius)
     transition = torch.zeros(h * w, h * w, dtype=torch.float32, device=aff.device)
     transition[src, dst] = weight.float()
     transition.diagonal().copy_(degree.reciprocal())
@@ -139,6 +146,7 @@ def propagate(
     beta: float = 8.0,
     logt: int = 8,
     mode: str = "sparse",
+    radius: int = DEFAULT_RADIUS,
 ) -> torch.Tensor:
     """Random-walk propagation ``v T^(2^logt)`` (docs/method.md#random-walk).
 
@@ -153,6 +161,7 @@ def propagate(
         mode: "sparse" (default) applies T 2^logt times as a sparse matrix,
             O(N) memory; "dense" is the reference algorithm (square a dense T
             logt times, then one product), kept to verify and benchmark.
+        radius: the pair radius ``aff`` was computed with (the network's ``radius``).
 
     Returns:
         (C, h, w) float32 tensor on the device of the inputs, with
@@ -181,16 +190,18 @@ def propagate(
     cams_flat = cams.reshape(cams.shape[0], h * w).float()  # (C, N)
 
     if mode == "dense":
-        transition = transition_matrix(aff, h, w, beta)
+        transition = transition_matrix(aff, h, w, beta, radius)
         for _ in range(logt):
             transition = transition @ transition
         out = cams_flat @ transition
     else:
-        out = _walk_sparse(aff, cams_flat, h, w, beta, 2 ** int(logt))
+        out = _walk_sparse(aff, cams_flat, h, w, beta, 2 ** int(logt), radius)
     return out.reshape(-1, h, w)
 
 
-def _walk_sparse(aff: torch.Tensor, cams_flat: torch.Tensor, h: int, w: int, beta: float, steps: int) -> torch.Tensor:
+def _walk_sparse(
+    aff: torch.Tensor, cams_flat: torch.Tensor, h: int, w: int, beta: float, steps: int, radius: int = DEFAULT_RADIUS
+) -> torch.Tensor:
     """``cams_flat T^steps`` by ``steps`` sparse products; (C, N) in, (C, N) float32 out.
 
     In float32, after 256 steps the error stayed below 1e-5 of the largest
@@ -206,7 +217,7 @@ def _walk_sparse(aff: torch.Tensor, cams_flat: torch.Tensor, h: int, w: int, bet
       before the walk and added back after; only the decaying part walks.
     """
     n = h * w
-    src, dst, weight, degree = _pair_entries(aff, h, w, beta)
+    src, dst, weight, degree = _pair_entries(aff, h, w, beta, radius)
     weight = weight.float()
     # The diagonal of T^T - I is minus what the float32 weights of the column sum
     # to, so that a constant map gets a change of exactly 0.

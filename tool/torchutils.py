@@ -39,16 +39,6 @@ def get_device(name: str | None = None) -> torch.device:
     return device
 
 
-def add_device_args(parser) -> None:
-    """The device flags every script shares."""
-    parser.add_argument(
-        "--device", type=str, default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)"
-    )
-    parser.add_argument(
-        "--amp", action="store_true", help="CUDA mixed precision (torch.autocast float16); off = the reference"
-    )
-
-
 def autocast(device: torch.device, enabled: bool):
     """Mixed precision on CUDA only; on CPU ``--amp`` is a no-op."""
     return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")

@@ -355,6 +355,16 @@ def _write_image(out: Path, image_id: str, rgb, label, objects, palette, with_au
         save_png(out / "SegmentationClassAug" / f"{image_id}.png", label)
 
 
+def _write_lists(out: Path, ids: list[str], val_ids: set[str]) -> tuple[list[str], list[str]]:
+    """The ImageSets/Segmentation lists; returns the train and val ids."""
+    train = [i for i in ids if i not in val_ids]
+    val = sorted(val_ids)
+    lists = {"train": train, "val": val, "trainval": ids, "train_aug": train}
+    for name, list_ids in lists.items():
+        atomic_write_text(out / "ImageSets" / "Segmentation" / f"{name}.txt", "".join(f"{i}\n" for i in list_ids))
+    return train, val
+
+
 def make_toy_voc(
     out: str | Path,
     num_train: int,
@@ -399,11 +409,7 @@ def make_toy_voc(
             class_counts[name] += 1
             extents.append(max(xmax - xmin, ymax - ymin) + 1)
 
-    train = [i for i in ids if i not in val_ids]
-    val = sorted(val_ids)
-    lists = {"train": train, "val": val, "trainval": ids, "train_aug": train}
-    for name, list_ids in lists.items():
-        atomic_write_text(out / "ImageSets" / "Segmentation" / f"{name}.txt", "".join(f"{i}\n" for i in list_ids))
+    train, val = _write_lists(out, ids, val_ids)
 
     summary = {
         "train": train,

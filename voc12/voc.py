@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tool.cli import InputError, MissingFileError
+from tool.metrics import IGNORE_INDEX as IGNORE_INDEX  # the label value every loss and score skips
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,6 @@ CLASS_NAMES = tuple(
 NUM_FG_CLASSES = 20
 NUM_CLASSES = 21  # background + 20 foreground classes, as in the masks
 CAT_NAMES_WITH_BG = ("background", *CLASS_NAMES)
-IGNORE_INDEX = 255
 
 
 def voc_palette(n: int = 256) -> np.ndarray:

@@ -1,0 +1,78 @@
+"""What the inference scripts share: the images to do, model loading, the multi-scale flipped forward pass.
+
+``infer_cls_ser.infer_cams`` and ``infer_seg.infer_probs`` differ only in what
+they do with each scale's output (docs/method.md#ssenet-inference,
+docs/method.md#segmentation); the loop over scales and flips is here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import torch
+
+from network import build_network
+from network.resnet38d import load_weights
+from tool import layout, torchutils
+from tool.fileio import remove_stale_temps
+
+logger = logging.getLogger(__name__)
+
+
+def load_model(network: str, width_mult: float, weights: str, device: torch.device) -> torch.nn.Module:
+    """The network module ``network`` at ``width_mult`` with ``weights`` (head included), in eval mode on ``device``."""
+    model = build_network(network, width_mult)
+    load_weights(model, weights, allow_missing_head=False)
+    return model.eval().to(device)
+
+
+def msf_outputs(
+    model: torch.nn.Module, inputs: list[torch.Tensor], device: torch.device, amp: bool = False, flip: bool = True
+) -> Iterator[torch.Tensor]:
+    """The model's output for each (2, 3, h_s, w_s) scale pair of ``inputs`` (the image and its flip; only the
+    image when ``flip`` is False): (B, C, h_s, w_s), in the autocast dtype."""
+    for pair in inputs:
+        batch = pair if flip else pair[:1]
+        with torchutils.autocast(device, amp):
+            yield model(batch.to(device, non_blocking=True))
+
+
+def unflip_sum(maps: torch.Tensor) -> torch.Tensor:
+    """``maps[0] + maps[1]`` un-flipped (horizontal): the two halves of one scale pair summed in the image's frame."""
+    return maps[0] + maps[1].flip(-1)
+
+
+def images_to_do(
+    ids: list[str], paths_of: Callable[[str], Mapping[str, Path]], overwrite: bool
+) -> tuple[list[int], int]:
+    """This rank's share of ``ids`` (indices) minus the images whose files ``paths_of(id)`` all exist (unless
+    ``overwrite``), and how many were skipped; the leftovers of a killed run for the images to do are removed."""
+    mine = torchutils.shard(list(range(len(ids))))
+    todo = [i for i in mine if overwrite or not layout.all_exist(paths_of(ids[i]))]
+    skipped = len(mine) - len(todo)
+    if skipped:
+        logger.info(
+            "%d of %d images already have every output; skipping them (--overwrite redoes them)", skipped, len(mine)
+        )
+    folders = {p.parent for p in paths_of(ids[0]).values()}
+    removed = remove_stale_temps(folders, {ids[i] for i in todo})
+    if removed:
+        logger.info("removed %d temporary files left by an interrupted run", removed)
+    return todo, skipped
+
+
+def log_done(stage: str, done: int, skipped: int, start: float) -> float:
+    """Log how many images ``stage`` did and skipped and the seconds since ``start`` (perf_counter); returns them."""
+    seconds = time.perf_counter() - start
+    logger.info(
+        "%s: %d images done, %d skipped (outputs present), %.1f s (%.3f s per image done)",
+        stage,
+        done,
+        skipped,
+        seconds,
+        seconds / max(done, 1),
+    )
+    return seconds
