@@ -75,7 +75,7 @@ PRESETS = {
         "train_aff": ["--batch_size", "8", "--max_epoches", "16", "--lr", "0.1", "--crop_size", "96"],
         "infer_aff": ["--num_workers", "1", "--bg_score", "0.5", "--logt", "2"],
         "train_seg": [
-            "--batch_size", "8", "--max_epoches", "16", "--lr", "0.01", "--crop_size", "96", "--scale_range",
+            "--batch_size", "8", "--max_epoches", "32", "--lr", "0.01", "--crop_size", "128", "--scale_range",
             "0.75", "1.25", "--no_color_jitter",
         ],
         "infer_seg": ["--num_workers", "1", "--scales", "1.0", "0.75", "1.25"],
