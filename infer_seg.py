@@ -77,18 +77,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no_flip", action="store_true", help="do not add the horizontal flip of every scale")
     parser.add_argument(
-        "--crf", action="store_true",
+        "--crf",
+        action="store_true",
         help="refine the averaged probabilities with the dense CRF of tool/crf.py (SEAM's config tests with a CRF)",
-    )  # fmt: skip
+    )
     parser.add_argument("--out_seg", type=str, default=None, help="folder for <id>.png palette label maps")
     parser.add_argument(
-        "--test_server_dir", type=str, default=None,
+        "--test_server_dir",
+        type=str,
+        default=None,
         help="folder for the VOC server layout results/VOC2012/Segmentation/comp6_test_cls/<id>.png",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--archive", type=str, default=None,
+        "--archive",
+        type=str,
+        default=None,
         help="with --test_server_dir: write this .tar.gz of its results/ tree once every image is done",
-    )  # fmt: skip
+    )
     flags.add_num_workers_flag(parser)
     flags.add_overwrite_flag(parser)
     flags.add_device_flags(parser)

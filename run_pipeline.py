@@ -57,30 +57,33 @@ PRESETS = {
     "demo": {
         "toy": {"num_train": 192, "num_val": 24, "size": 128, "seed": 0, "min_extent": 0.12, "max_extent": 0.7},
         "pretrain_toy": {
-            "num_train": 1200, "num_val": 32, "size": 128, "seed": 1000, "min_extent": 0.3, "max_extent": 0.9,
+            "num_train": 1200,
+            "num_val": 32,
+            "size": 128,
+            "seed": 1000,
+            "min_extent": 0.3,
+            "max_extent": 0.9,
             "max_objects": 1,
         },
-        "common": ["--width_mult", "0.125", "--device", "cpu"],
-        "train": ["--num_workers", "1", "--print_freq", "24"],
-        "pretrain": [
-            "--network", "network.resnet38_pretrain", "--ser_weight", "0", "--from_scratch", "--bn_calib_batches",
-            "0", "--optimizer", "adam", "--lr", "0.001", "--wt_dec", "0", "--dropout_scale", "0", "--batch_size", "16",
-            "--max_epoches", "8", "--crop_size", "96", "--resize_long", "96", "128", "--val_crop_size", "128",
-        ],
-        "train_cls": [
-            "--batch_size", "8", "--max_epoches", "20", "--lr", "0.1", "--crop_size", "96", "--resize_long", "96",
-            "128", "--val_crop_size", "128",
-        ],
-        "infer_cls": ["--num_workers", "1", "--crf_workers", "1", "--bg_score", "0.5", "--crf_alphas", "1", "8"],
-        "train_aff": ["--batch_size", "8", "--max_epoches", "16", "--lr", "0.1", "--crop_size", "96"],
-        "infer_aff": ["--num_workers", "1", "--bg_score", "0.5", "--logt", "2"],
-        "train_seg": [
-            "--batch_size", "8", "--max_epoches", "32", "--lr", "0.01", "--crop_size", "128", "--scale_range",
-            "0.75", "1.25", "--no_color_jitter",
-        ],
-        "infer_seg": ["--num_workers", "1", "--scales", "1.0", "0.75", "1.25"],
+        "common": "--width_mult 0.125 --device cpu".split(),
+        "train": "--num_workers 1 --print_freq 24".split(),
+        "pretrain": (
+            "--network network.resnet38_pretrain --ser_weight 0 --from_scratch --bn_calib_batches 0 "
+            "--optimizer adam --lr 0.001 --wt_dec 0 --dropout_scale 0 --batch_size 16 --max_epoches 8 "
+            "--crop_size 96 --resize_long 96 128 --val_crop_size 128"
+        ).split(),
+        "train_cls": (
+            "--batch_size 8 --max_epoches 20 --lr 0.1 --crop_size 96 --resize_long 96 128 --val_crop_size 128"
+        ).split(),
+        "infer_cls": "--num_workers 1 --crf_workers 1 --bg_score 0.5 --crf_alphas 1 8".split(),
+        "train_aff": "--batch_size 8 --max_epoches 16 --lr 0.1 --crop_size 96".split(),
+        "infer_aff": "--num_workers 1 --bg_score 0.5 --logt 2".split(),
+        "train_seg": (
+            "--batch_size 8 --max_epoches 32 --lr 0.01 --crop_size 128 --scale_range 0.75 1.25 --no_color_jitter"
+        ).split(),
+        "infer_seg": "--num_workers 1 --scales 1.0 0.75 1.25".split(),
     },
-}  # fmt: skip
+}
 STAGES = ("pretrain", "train_cls", "infer_cls", "train_aff", "infer_aff", "train_seg", "infer_seg")
 # --stages: cam = train_cls_ser + infer_cls_ser + CAM evaluation (train list); rw = train_aff + infer_aff +
 # random-walk evaluation (train list); seg = train_seg on the random-walk labels + infer_seg + evaluation (val list).
@@ -105,14 +108,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval_list", type=str, default="voc12/train.txt", help="paper: list scored (train)")
     parser.add_argument("--ablation", action="store_true", help="also run the --ser_weight 0 baseline")
     parser.add_argument(
-        "--stages", nargs="+", choices=STAGE_GROUPS, default=list(STAGE_GROUPS),
+        "--stages",
+        nargs="+",
+        choices=STAGE_GROUPS,
+        default=list(STAGE_GROUPS),
         help="stage groups to run: cam (SSENet), rw (AffinityNet + random walk), seg (segmentation network); "
         "a group needs the outputs of the ones before it",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[1],
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[1],
         help="--seed of both training stages; several seeds repeat every variant and report mean and spread",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--backbone",
         choices=sorted(BACKBONES),
@@ -120,9 +129,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="network of every stage: resnet38 (--weights .params) or vgg16 (--weights vgg16_20M.caffemodel)",
     )
     parser.add_argument(
-        "--figure_images", type=int, default=4,
+        "--figure_images",
+        type=int,
+        default=4,
         help="val images in the figure: those where the random walk gains most over the CAM (0: no figure)",
-    )  # fmt: skip
+    )
     for stage in STAGES:
         parser.add_argument(f"--{stage}_args", type=str, default="", help=f"extra flags for the {stage} stage")
     parser.add_argument("--toy_num_train", type=int, default=None, help="demo: toy training images")
@@ -130,6 +141,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--toy_size", type=int, default=None, help="demo: toy image long side, pixels")
     parser.add_argument("--pretrain_num_images", type=int, default=None, help="demo: pretraining set size")
     return parser
+
+
+def argv(flags: dict) -> list[str]:
+    """``{"--flag": value}`` as command-line words, values turned to strings."""
+    return [word for flag, value in flags.items() for word in (flag, str(value))]
 
 
 def image_miou(gt: np.ndarray, pred: np.ndarray) -> float:
@@ -247,11 +263,16 @@ class Pipeline:
         if session.with_suffix(".pth").exists():
             return
         lists = self.pretrain_root / "ImageSets" / "Segmentation"
-        flags = [
-            "--voc12_root", str(self.pretrain_root), "--train_list", str(lists / "train.txt"),
-            "--val_list", str(lists / "val.txt"), "--session_name", str(session), "--tblog_dir", str(out / "tb"),
-            "--cls_labels", str(self.work / "pretrain_cls_labels.npz"),
-        ]  # fmt: skip
+        flags = argv(
+            {
+                "--voc12_root": self.pretrain_root,
+                "--train_list": lists / "train.txt",
+                "--val_list": lists / "val.txt",
+                "--session_name": session,
+                "--tblog_dir": out / "tb",
+                "--cls_labels": self.work / "pretrain_cls_labels.npz",
+            }
+        )
         self.run("pretrain", "train_cls_ser.py", flags + self.flags("pretrain"))
 
     def cls_pipeline(self, variant: str, seed: int) -> dict:
@@ -260,12 +281,18 @@ class Pipeline:
         name = f"{variant}/seed{seed}"
         session = out / "resnet38_cls_ser"
         if not session.with_suffix(".pth").exists():
-            flags = [
-                "--voc12_root", str(self.voc12_root), "--train_list", str(self.train_list),
-                "--val_list", str(self.val_list), "--session_name", str(session), "--weights", self.weights,
-                "--tblog_dir", str(out / "tb_cls"), "--cls_labels", str(self.work / "cls_labels.npz"),
-                "--seed", str(seed),
-            ]  # fmt: skip
+            flags = argv(
+                {
+                    "--voc12_root": self.voc12_root,
+                    "--train_list": self.train_list,
+                    "--val_list": self.val_list,
+                    "--session_name": session,
+                    "--weights": self.weights,
+                    "--tblog_dir": out / "tb_cls",
+                    "--cls_labels": self.work / "cls_labels.npz",
+                    "--seed": seed,
+                }
+            )
             if variant == "baseline":
                 flags += ["--ser_weight", "0"]
             self.run(f"{name}/train_cls", "train_cls_ser.py", flags + self.flags("train_cls"))
@@ -274,11 +301,17 @@ class Pipeline:
         done = all(self.all_exist(d, ids, s) for d, s in ((cam, ".npz"), (cam_pred, ".png")))
         done = done and all(self.all_exist(layout.crf_dir(crf, a), ids, ".npz") for a in self.crf_alphas())
         if not done:
-            flags = [
-                "--weights", str(session.with_suffix(".pth")), "--infer_list", str(self.infer_list),
-                "--voc12_root", str(self.voc12_root), "--cls_labels", str(self.work / "cls_labels.npz"),
-                "--out_cam", str(cam), "--out_cam_pred", str(cam_pred), "--out_crf", str(crf),
-            ]  # fmt: skip
+            flags = argv(
+                {
+                    "--weights": session.with_suffix(".pth"),
+                    "--infer_list": self.infer_list,
+                    "--voc12_root": self.voc12_root,
+                    "--cls_labels": self.work / "cls_labels.npz",
+                    "--out_cam": cam,
+                    "--out_cam_pred": cam_pred,
+                    "--out_crf": crf,
+                }
+            )
             self.run(f"{name}/infer_cls", "infer_cls_ser.py", flags + self.flags("infer_cls"))
         return self.evaluate(f"{name}/eval_cam", cam_pred, out / "eval_cam.json")
 
@@ -289,30 +322,46 @@ class Pipeline:
         session = out / "resnet38_aff"
         la_crf, ha_crf = layout.la_ha_crf_dirs(out / "crf", self.crf_alphas())
         if not session.with_suffix(".pth").exists():
-            flags = [
-                "--voc12_root", str(self.voc12_root), "--train_list", str(self.train_list),
-                *("--la_crf_dir", str(la_crf), "--ha_crf_dir", str(ha_crf)),
-                "--session_name", str(session), "--tblog_dir", str(out / "tb_aff"), "--weights", self.weights,
-                "--seed", str(seed),
-            ]  # fmt: skip
+            flags = argv(
+                {
+                    "--voc12_root": self.voc12_root,
+                    "--train_list": self.train_list,
+                    "--la_crf_dir": la_crf,
+                    "--ha_crf_dir": ha_crf,
+                    "--session_name": session,
+                    "--tblog_dir": out / "tb_aff",
+                    "--weights": self.weights,
+                    "--seed": seed,
+                }
+            )
             self.run(f"{name}/train_aff", "train_aff.py", flags + self.flags("train_aff"))
         ids = load_img_id_list(self.infer_list)
         rw = out / "rw"
         if not self.all_exist(rw, ids, ".png"):
-            flags = [
-                "--weights", str(session.with_suffix(".pth")), "--infer_list", str(self.infer_list),
-                "--cam_dir", str(out / "cam"), "--voc12_root", str(self.voc12_root), "--out_rw", str(rw),
-            ]  # fmt: skip
+            flags = argv(
+                {
+                    "--weights": session.with_suffix(".pth"),
+                    "--infer_list": self.infer_list,
+                    "--cam_dir": out / "cam",
+                    "--voc12_root": self.voc12_root,
+                    "--out_rw": rw,
+                }
+            )
             self.run(f"{name}/infer_aff", "infer_aff.py", flags + self.flags("infer_aff"))
         return self.evaluate(f"{name}/eval_rw", rw, out / "eval_rw.json")
 
     def evaluate(self, name: str, predict_dir: Path, json_path: Path, image_list: Path | None = None) -> dict:
         if not json_path.exists():
-            flags = [
-                "--list", str(image_list or self.eval_list), "--predict_dir", str(predict_dir),
-                "--gt_dir", str(self.gt_dir),
-                "--json", str(json_path), "--logfile", str(self.work / "evallog.txt"), "--comment", name,
-            ]  # fmt: skip
+            flags = argv(
+                {
+                    "--list": image_list or self.eval_list,
+                    "--predict_dir": predict_dir,
+                    "--gt_dir": self.gt_dir,
+                    "--json": json_path,
+                    "--logfile": self.work / "evallog.txt",
+                    "--comment": name,
+                }
+            )
             self.run(name, "evaluation.py", flags)
         return json.loads(json_path.read_text())
 
@@ -322,18 +371,28 @@ class Pipeline:
         name = f"{variant}/seed{seed}"
         session = out / "resnet38_seg"
         if not session.with_suffix(".pth").exists():
-            flags = [
-                "--voc12_root", str(self.voc12_root), "--train_list", str(self.train_list),
-                "--label_dir", str(out / "rw"), "--session_name", str(session), "--tblog_dir", str(out / "tb_seg"),
-                "--weights", self.weights, "--seed", str(seed),
-            ]  # fmt: skip
+            flags = argv(
+                {
+                    "--voc12_root": self.voc12_root,
+                    "--train_list": self.train_list,
+                    "--label_dir": out / "rw",
+                    "--session_name": session,
+                    "--tblog_dir": out / "tb_seg",
+                    "--weights": self.weights,
+                    "--seed": seed,
+                }
+            )
             self.run(f"{name}/train_seg", "train_seg.py", flags + self.flags("train_seg"))
         seg = out / "seg_val"
         if not self.all_exist(seg, load_img_id_list(self.val_list), ".png"):
-            flags = [
-                "--weights", str(session.with_suffix(".pth")), "--infer_list", str(self.val_list),
-                "--voc12_root", str(self.voc12_root), "--out_seg", str(seg),
-            ]  # fmt: skip
+            flags = argv(
+                {
+                    "--weights": session.with_suffix(".pth"),
+                    "--infer_list": self.val_list,
+                    "--voc12_root": self.voc12_root,
+                    "--out_seg": seg,
+                }
+            )
             self.run(f"{name}/infer_seg", "infer_seg.py", flags + self.flags("infer_seg"))
         return self.evaluate(f"{name}/eval_seg", seg, out / "eval_seg.json", self.val_list)
 

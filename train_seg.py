@@ -52,9 +52,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         },
     )
     parser.add_argument(
-        "--label_dir", type=str, required=True,
+        "--label_dir",
+        type=str,
+        required=True,
         help="folder of <id>.png training labels (class indices, 255 ignored): infer_aff.py --out_rw",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--scale_range",
         type=cli.float_range(0, 4, lo_open=True),
@@ -65,9 +67,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="random rescale factor range, 0 < LOW <= HIGH <= 4 (SEAM config: 0.5 1.5)",
     )
     parser.add_argument(
-        "--no_color_jitter", action="store_true",
+        "--no_color_jitter",
+        action="store_true",
         help="switch off the colour jitter (brightness/contrast/saturation 0.3, hue 0.1; SEAM jitters HSV too)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--val_list", type=str, default="", help="images scored (single scale, mIoU) after each epoch ('' skips)"
     )
@@ -120,9 +123,14 @@ def main(args: argparse.Namespace) -> dict:
     val_ids = load_img_id_list(args.val_list) if args.val_list else None  # scored once each
     model = training.build_model(args)
     dataset = VOC12SegDataset(
-        args.train_list, args.voc12_root, args.label_dir, crop_size=args.crop_size,
-        scale_range=tuple(args.scale_range), color_jitter=not args.no_color_jitter, normalize=model.normalize,
-    )  # fmt: skip
+        args.train_list,
+        args.voc12_root,
+        args.label_dir,
+        crop_size=args.crop_size,
+        scale_range=tuple(args.scale_range),
+        color_jitter=not args.no_color_jitter,
+        normalize=model.normalize,
+    )
     val_fn = None
     if val_ids is not None:
         gt_dir = Path(args.val_gt_dir) if args.val_gt_dir else Path(args.voc12_root) / "SegmentationClass"

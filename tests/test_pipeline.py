@@ -14,19 +14,25 @@ from voc12.voc import load_img_id_list
 
 # A reduced demo: every stage of the demo preset, with small sets, few epochs and the reference's lr 0.01 (the
 # preset's 0.1 needs its larger batches). Big enough to learn a little, small enough for CI.
+NO_WORKERS = " --num_workers 0"  # every stage in this process's CPU share
 TINY = [
-    "--preset", "demo", "--ablation", "--toy_num_train", "24", "--toy_num_val", "4", "--toy_size", "80",
-    "--pretrain_num_images", "48", "--figure_images", "2",
-    "--pretrain_args", "--max_epoches 2 --batch_size 8 --crop_size 64 --resize_long 64 80 --val_crop_size 80 "
-                       "--num_workers 0",
-    "--train_cls_args", "--max_epoches 4 --batch_size 4 --crop_size 64 --resize_long 64 80 --val_crop_size 80 "
-                        "--num_workers 0 --lr 0.01",
-    "--infer_cls_args", "--num_workers 0 --crf_workers 0 --scales 1.0 0.5",
-    "--train_aff_args", "--max_epoches 1 --batch_size 4 --crop_size 72 --num_workers 0 --lr 0.01",
-    "--infer_aff_args", "--num_workers 0",
-    "--train_seg_args", "--max_epoches 1 --batch_size 4 --crop_size 64 --num_workers 0",
-    "--infer_seg_args", "--num_workers 0 --scales 1.0",
-]  # fmt: skip
+    *"--preset demo --ablation --toy_num_train 24 --toy_num_val 4 --toy_size 80".split(),
+    *"--pretrain_num_images 48 --figure_images 2".split(),
+    "--pretrain_args",
+    "--max_epoches 2 --batch_size 8 --crop_size 64 --resize_long 64 80 --val_crop_size 80" + NO_WORKERS,
+    "--train_cls_args",
+    "--max_epoches 4 --batch_size 4 --crop_size 64 --resize_long 64 80 --val_crop_size 80 --lr 0.01" + NO_WORKERS,
+    "--infer_cls_args",
+    "--crf_workers 0 --scales 1.0 0.5" + NO_WORKERS,
+    "--train_aff_args",
+    "--max_epoches 1 --batch_size 4 --crop_size 72 --lr 0.01" + NO_WORKERS,
+    "--infer_aff_args",
+    NO_WORKERS,
+    "--train_seg_args",
+    "--max_epoches 1 --batch_size 4 --crop_size 64" + NO_WORKERS,
+    "--infer_seg_args",
+    "--scales 1.0" + NO_WORKERS,
+]
 
 
 @pytest.fixture(scope="module")

@@ -116,8 +116,15 @@ def test_random_scale_resizes_image_and_label_together():
 @pytest.mark.parametrize("normalize", [resnet38d.normalize, vgg16d.normalize], ids=["imagenet", "caffe"])
 def test_seg_dataset_pads_the_label_with_ignore_and_keeps_it_aligned(toy, normalize):
     # The image is normalised by the network's own normaliser (Net.normalize), then padded with 0.
-    dataset = VOC12SegDataset(toy["train_list"], toy["root"], toy["root"] / "SegmentationClass", crop_size=80,
-                              scale_range=(1.0, 1.0), color_jitter=False, normalize=normalize)  # fmt: skip
+    dataset = VOC12SegDataset(
+        toy["train_list"],
+        toy["root"],
+        toy["root"] / "SegmentationClass",
+        crop_size=80,
+        scale_range=(1.0, 1.0),
+        color_jitter=False,
+        normalize=normalize,
+    )
     torch.manual_seed(0)
     flips = set()
     for index in range(len(dataset)):
@@ -162,13 +169,34 @@ def test_seg_dataset_names_bad_and_missing_labels(toy, tmp_path):
 def train_args(toy: dict, session: Path, *extra: str) -> argparse.Namespace:
     return train_seg.get_args_parser().parse_args(
         [
-            "--voc12_root", str(toy["root"]), "--train_list", str(toy["train_list"]),
-            "--label_dir", str(toy["root"] / "SegmentationClass"), "--session_name", str(session),
-            "--tblog_dir", "", "--from_scratch", "--width_mult", str(WIDTH), "--crop_size", "48",
-            "--batch_size", "2", "--max_epoches", "1", "--num_workers", "0", "--device", "cpu",
-            "--bn_calib_batches", "1", *extra,
+            "--voc12_root",
+            str(toy["root"]),
+            "--train_list",
+            str(toy["train_list"]),
+            "--label_dir",
+            str(toy["root"] / "SegmentationClass"),
+            "--session_name",
+            str(session),
+            "--tblog_dir",
+            "",
+            "--from_scratch",
+            "--width_mult",
+            str(WIDTH),
+            "--crop_size",
+            "48",
+            "--batch_size",
+            "2",
+            "--max_epoches",
+            "1",
+            "--num_workers",
+            "0",
+            "--device",
+            "cpu",
+            "--bn_calib_batches",
+            "1",
+            *extra,
         ]
-    )  # fmt: skip
+    )
 
 
 def test_train_seg_defaults_are_the_literature_recipe():
@@ -197,8 +225,14 @@ def test_train_seg_steps_resumes_and_validates(toy, tmp_path, one_thread):
 
 def test_train_seg_one_step_lowers_the_loss_on_its_batch(toy):
     # One SGD step at a large learning rate on a fixed batch must reduce that batch's loss.
-    dataset = VOC12SegDataset(toy["train_list"], toy["root"], toy["root"] / "SegmentationClass", crop_size=48,
-                              color_jitter=False, normalize=resnet38d.normalize)  # fmt: skip
+    dataset = VOC12SegDataset(
+        toy["train_list"],
+        toy["root"],
+        toy["root"] / "SegmentationClass",
+        crop_size=48,
+        color_jitter=False,
+        normalize=resnet38d.normalize,
+    )
     torch.manual_seed(0)
     batch = [torch.stack(t) for t in zip(dataset[0], dataset[1], strict=True)]
     model = Net(width_mult=WIDTH)
@@ -228,10 +262,24 @@ def seg_weights(toy, tmp_path_factory) -> Path:
 def infer_args(toy: dict, weights: Path, *extra: str) -> argparse.Namespace:
     return infer_seg.get_args_parser().parse_args(
         [
-            "--weights", str(weights), "--infer_list", str(toy["val_list"]), "--voc12_root", str(toy["root"]),
-            "--width_mult", str(WIDTH), "--num_workers", "0", "--device", "cpu", "--scales", "1.0", "0.5", *extra,
+            "--weights",
+            str(weights),
+            "--infer_list",
+            str(toy["val_list"]),
+            "--voc12_root",
+            str(toy["root"]),
+            "--width_mult",
+            str(WIDTH),
+            "--num_workers",
+            "0",
+            "--device",
+            "cpu",
+            "--scales",
+            "1.0",
+            "0.5",
+            *extra,
         ]
-    )  # fmt: skip
+    )
 
 
 def test_infer_probs_average_scales_and_flips_and_are_flip_equivariant(toy, seg_weights):
@@ -258,8 +306,17 @@ def test_infer_probs_average_scales_and_flips_and_are_flip_equivariant(toy, seg_
 
 def test_infer_seg_outputs_server_layout_archive_and_evaluation(toy, seg_weights, tmp_path):
     archive = tmp_path / "submission.tar.gz"
-    args = infer_args(toy, seg_weights, "--out_seg", str(tmp_path / "seg"), "--test_server_dir",
-                      str(tmp_path / "server"), "--archive", str(archive), "--crf")  # fmt: skip
+    args = infer_args(
+        toy,
+        seg_weights,
+        "--out_seg",
+        str(tmp_path / "seg"),
+        "--test_server_dir",
+        str(tmp_path / "server"),
+        "--archive",
+        str(archive),
+        "--crf",
+    )
     summary = infer_seg.main(args)
     ids = load_img_id_list(toy["val_list"])
     assert summary["done"] == len(ids) and summary["archived"] == len(ids)
@@ -279,9 +336,19 @@ def test_infer_seg_outputs_server_layout_archive_and_evaluation(toy, seg_weights
 
     # evaluation.py scores the folder as it scores pseudo labels.
     eval_args = evaluation.get_args_parser().parse_args(
-        ["--list", str(toy["val_list"]), "--predict_dir", str(tmp_path / "seg"),
-         "--gt_dir", str(toy["root"] / "SegmentationClass"), "--logfile", "", "--num_workers", "0"]
-    )  # fmt: skip
+        [
+            "--list",
+            str(toy["val_list"]),
+            "--predict_dir",
+            str(tmp_path / "seg"),
+            "--gt_dir",
+            str(toy["root"] / "SegmentationClass"),
+            "--logfile",
+            "",
+            "--num_workers",
+            "0",
+        ]
+    )
     result = evaluation.main(eval_args)
     assert result["num_images"] == len(ids) and 0.0 <= result["mIoU"] <= 100.0
 
@@ -361,12 +428,35 @@ def test_vgg16_seg_loads_fc6_fc7_from_the_caffemodel_and_keeps_its_fc8(vgg_caffe
 def test_vgg16_seg_trains_two_steps_from_a_caffemodel_and_infers(toy, vgg_caffemodel, tmp_path, one_thread):
     path, state = vgg_caffemodel
     argv = [
-        "--network", "network.vgg16_seg", "--weights", str(path), "--voc12_root", str(toy["root"]),
-        "--train_list", str(toy["train_list"]), "--label_dir", str(toy["root"] / "SegmentationClass"),
-        "--session_name", str(tmp_path / "vseg"), "--tblog_dir", "", "--width_mult", str(WIDTH),
-        "--crop_size", "48", "--batch_size", "2", "--max_epoches", "1", "--num_workers", "0", "--device", "cpu",
-        "--val_list", str(toy["val_list"]),
-    ]  # fmt: skip
+        "--network",
+        "network.vgg16_seg",
+        "--weights",
+        str(path),
+        "--voc12_root",
+        str(toy["root"]),
+        "--train_list",
+        str(toy["train_list"]),
+        "--label_dir",
+        str(toy["root"] / "SegmentationClass"),
+        "--session_name",
+        str(tmp_path / "vseg"),
+        "--tblog_dir",
+        "",
+        "--width_mult",
+        str(WIDTH),
+        "--crop_size",
+        "48",
+        "--batch_size",
+        "2",
+        "--max_epoches",
+        "1",
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+        "--val_list",
+        str(toy["val_list"]),
+    ]
     summary = train_seg.main(train_seg.get_args_parser().parse_args(argv))
     assert summary["step"] == summary["max_step"] == 2  # 4 images, batch 2
     trained = torch.load(tmp_path / "vseg.pth", weights_only=True)
@@ -379,11 +469,27 @@ def test_vgg16_seg_trains_two_steps_from_a_caffemodel_and_infers(toy, vgg_caffem
 
     args = infer_seg.get_args_parser().parse_args(
         [
-            "--network", "network.vgg16_seg", "--weights", str(tmp_path / "vseg.pth"),
-            "--infer_list", str(toy["val_list"]), "--voc12_root", str(toy["root"]), "--width_mult", str(WIDTH),
-            "--num_workers", "0", "--device", "cpu", "--scales", "1.0", "0.5", "--out_seg", str(tmp_path / "out"),
+            "--network",
+            "network.vgg16_seg",
+            "--weights",
+            str(tmp_path / "vseg.pth"),
+            "--infer_list",
+            str(toy["val_list"]),
+            "--voc12_root",
+            str(toy["root"]),
+            "--width_mult",
+            str(WIDTH),
+            "--num_workers",
+            "0",
+            "--device",
+            "cpu",
+            "--scales",
+            "1.0",
+            "0.5",
+            "--out_seg",
+            str(tmp_path / "out"),
         ]
-    )  # fmt: skip
+    )
     assert infer_seg.main(args)["done"] == len(load_img_id_list(toy["val_list"]))
     # The inference normalised with the network's own (Caffe BGR-mean) normaliser, not ImageNet's.
     model = inference.load_model(args.network, args.width_mult, args.weights, torch.device("cpu"))
