@@ -11,7 +11,7 @@ then times, in one run:
 - the background-threshold curve over CAM files: ``--curve`` (one pass) against
   60 separate ``--t`` evaluations, checking that they agree exactly.
 
-Usage: ``python bench/bench_eval.py [--num_images 1464] [--num_cams 300]``.
+Usage: ``python -m bench.bench_eval [--num_images 1464] [--num_cams 300]``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import io
 import multiprocessing
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,12 +29,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import evaluation  # noqa: E402
-from bench.benchutils import cpu_model, write_section  # noqa: E402
-from tool.fileio import save_png, save_scores  # noqa: E402
-from voc12.voc import voc_palette  # noqa: E402
+import evaluation
+from bench.benchutils import cpu_model, write_section
+from tool.fileio import save_png, save_scores
+from voc12.voc import voc_palette
 
 HEIGHT, WIDTH = 375, 500
 
@@ -219,7 +216,7 @@ def main() -> None:
     ]
     lines = [
         f"{cpu_model()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; {cli.num_images} synthetic 500x375 "
-        f"palette PNG pairs (`python bench/bench_eval.py --num_images {cli.num_images} --num_cams {cli.num_cams}`). "
+        f"palette PNG pairs (`python -m bench.bench_eval --num_images {cli.num_images} --num_cams {cli.num_cams}`). "
         f"Load average {load_before:.1f} before, {load_after:.1f} after; two processes got "
         f"{capacity_before:.1f} / {capacity_after:.1f} CPUs' worth of work before / after (2.0 = idle 2-core machine). "
         "CPU s: user + system time of the process and its finished children (the pool workers).",

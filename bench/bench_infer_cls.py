@@ -16,7 +16,7 @@ numbers, the one-thread row isolates batching, resizing and CRF overlap.
 
 The two sets of outputs are checked to agree before the timings are printed.
 
-Usage: ``python bench/bench_infer_cls.py [--num_images 10] [--size 256] [--record]``;
+Usage: ``python -m bench.bench_infer_cls [--num_images 10] [--size 256] [--record]``;
 ``--record`` writes the table into the "## CAM inference" section of bench/RESULTS.md.
 """
 
@@ -26,7 +26,6 @@ import argparse
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,18 +35,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import infer_cls_ser  # noqa: E402
-from bench.benchutils import cpu_model, write_section  # noqa: E402
-from network.resnet38_cls_ser import Net  # noqa: E402
-from tool import layout  # noqa: E402
-from tool.crf import crf_scores_with_alpha  # noqa: E402
-from tool.fileio import load_scores, save_png, save_scores  # noqa: E402
-from voc12.data import VOC12ClsDatasetMSF  # noqa: E402
-from voc12.make_cls_labels import load_or_build_cls_labels  # noqa: E402
-from voc12.make_toy_voc import make_toy_voc  # noqa: E402
-from voc12.voc import load_img_id_list, voc_palette  # noqa: E402
+import infer_cls_ser
+from bench.benchutils import cpu_model, write_section
+from network.resnet38_cls_ser import Net
+from tool import layout
+from tool.crf import crf_scores_with_alpha
+from tool.fileio import load_scores, save_png, save_scores
+from voc12.data import VOC12ClsDatasetMSF
+from voc12.make_cls_labels import load_or_build_cls_labels
+from voc12.make_toy_voc import make_toy_voc
+from voc12.voc import load_img_id_list, voc_palette
 
 WIDTH = 0.125
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"

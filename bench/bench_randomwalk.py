@@ -7,9 +7,9 @@ peak resident memory (``ru_maxrss``; tracemalloc does not see torch) is its own.
 Both outputs are compared with each other and with a float64 ground truth
 computed here with scipy (2^logt sparse products, independent of our code).
 
-    python bench/bench_randomwalk.py                       # 47x63 and 94x125, a few minutes on 2 cores
-    python bench/bench_randomwalk.py --quick               # small grids, seconds
-    python bench/bench_randomwalk.py --results bench/RESULTS.md
+    python -m bench.bench_randomwalk                       # 47x63 and 94x125, a few minutes on 2 cores
+    python -m bench.bench_randomwalk --quick               # small grids, seconds
+    python -m bench.bench_randomwalk --results bench/RESULTS.md
 """
 
 from __future__ import annotations
@@ -29,12 +29,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
-# The script lives in bench/; make the repository importable without installing it.
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tool.fileio import atomic_write_text  # noqa: E402
-from tool.randomwalk import pair_indices  # noqa: E402
+from tool.fileio import atomic_write_text
+from tool.randomwalk import pair_indices
 
 SECTION = "## Random walk"
 
@@ -184,11 +180,11 @@ def run_worker(args: argparse.Namespace) -> None:
 
 def run_case(args: argparse.Namespace, method: str, inputs: Path, save: Path) -> dict:
     """Run one method in a fresh process on the arrays saved in ``inputs``; its output goes to ``save``."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", method]
+    command = [sys.executable, "-m", "bench.bench_randomwalk", "--worker", method]
     command += ["--worker_inputs", str(inputs), "--save", str(save)]
     for flag in ("channels", "beta", "logt", "repeats", "dense_repeats", "device", "threads"):
         command += [f"--{flag}", str(getattr(args, flag))]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if done.returncode != 0:
         raise SystemExit(f"{method} on {inputs.name} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -278,7 +274,7 @@ def main(args: argparse.Namespace) -> None:
         "| sparse vs float64: rel. error / same argmax |\n|---|---|---|---|---|---|---|---|---|"
     )
     body = (
-        f"{SECTION}\n\n`python bench/bench_randomwalk.py {' '.join(sys.argv[1:])}`".rstrip()
+        f"{SECTION}\n\n`python -m bench.bench_randomwalk {' '.join(sys.argv[1:])}`".rstrip()
         + f" on {machine_line(args)}.\n"
         f"C={args.channels} channels, beta={args.beta:g}, logt={args.logt} ({2**args.logt} steps), "
         f"'{args.inputs}' inputs (seed {args.seed}). Times: minimum of {args.dense_repeats} dense / "

@@ -289,10 +289,6 @@ def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
-
-
 def shard(items: list, rank: int | None = None, world_size: int | None = None) -> list:
     """This rank's share of a list (round robin), for inference under torchrun."""
     rank = get_rank() if rank is None else rank
