@@ -31,12 +31,11 @@ from tool.camutils import BG_SCORE
 from tool.crf import crf_inference
 from tool.fileio import load_scores, missing_score_file_message, remove_stale_temps, save_png, save_scores, score_file
 from tool.imutils import hwc_to_chw
-from tool.randomwalk import DEFAULT_RADIUS, min_grid, propagate
+from tool.randomwalk import DEFAULT_RADIUS, FEATURE_STRIDE, min_grid, propagate
 from voc12.data import VOC12ImageDataset
 from voc12.voc import NUM_CLASSES, load_img_id_list, voc_palette
 
 logger = logging.getLogger(__name__)
-STRIDE = 8
 # The sparse walk costs one sparse product per step, 2 ** logt steps: logt 12 is already 16x the reference's 256
 # steps, while logt 40 would run for ever. The walk has converged long before.
 MAX_LOGT = 12
@@ -103,7 +102,7 @@ def cam_grid(keys: np.ndarray, cams: np.ndarray, padded_hw: tuple[int, int], bg_
     full = np.zeros((NUM_CLASSES, *padded_hw), np.float32)
     full[0, :h, :w] = bg_score
     full[keys + 1, :h, :w] = cams
-    return F.avg_pool2d(torch.from_numpy(full)[None], STRIDE, STRIDE)[0]
+    return F.avg_pool2d(torch.from_numpy(full)[None], FEATURE_STRIDE, FEATURE_STRIDE)[0]
 
 
 @torch.inference_mode()
@@ -127,8 +126,8 @@ def random_walk_image(
     radius = getattr(model, "radius", DEFAULT_RADIUS)
     min_rows, min_cols = min_grid(radius)
     padded = (
-        max(math.ceil(height / STRIDE), min_rows) * STRIDE,
-        max(math.ceil(width / STRIDE), min_cols) * STRIDE,
+        max(math.ceil(height / FEATURE_STRIDE), min_rows) * FEATURE_STRIDE,
+        max(math.ceil(width / FEATURE_STRIDE), min_cols) * FEATURE_STRIDE,
     )
     x = torch.from_numpy(hwc_to_chw(model.normalize(image)))[None]
     x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height))  # zeros after normalisation

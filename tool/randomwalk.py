@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 DEFAULT_RADIUS = 5
+FEATURE_STRIDE = 8  # the walk runs on the backbone's output grid: one cell per 8 x 8 image pixels
 
 
 @cache

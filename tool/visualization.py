@@ -6,6 +6,9 @@ from collections.abc import Callable
 
 import cv2
 import numpy as np
+import torch
+
+from tool.camutils import max_norm
 
 
 def colorize(heat: np.ndarray) -> np.ndarray:
@@ -35,9 +38,9 @@ def cam_panel(
     """
     image = denormalize(np.transpose(image_chw, (1, 2, 0)))
     tiles = [image]
+    normed = max_norm(torch.from_numpy(np.ascontiguousarray(cams, dtype=np.float32))).numpy()
     for k in np.flatnonzero(label > 0):
-        cam = np.maximum(cams[k], 0)
-        tiles.append(cam_overlay(image, cam / (cam.max() + 1e-5)))
+        tiles.append(cam_overlay(image, normed[k]))
     return np.transpose(np.concatenate(tiles, axis=1), (2, 0, 1))
 
 

@@ -35,13 +35,12 @@ from torchvision.transforms import ColorJitter
 from tool import imutils
 from tool.cli import InputError, MissingFileError
 from tool.fileio import load_label_png, load_scores, missing_score_file_message, score_file
-from tool.randomwalk import DEFAULT_RADIUS, from_region, pair_slices
+from tool.randomwalk import DEFAULT_RADIUS, FEATURE_STRIDE, from_region, pair_slices
 from voc12.voc import IGNORE_INDEX, NUM_CLASSES, NUM_FG_CLASSES, jpeg_path, load_img_id_list
 
 # Colour jitter of docs/method.md#ssenet-training and #affinitynet (torchvision ColorJitter on the PIL image).
 COLOR_JITTER = {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.1}
 MSF_SCALES = (1.0, 0.5, 1.5, 2.0)
-FEATURE_STRIDE = 8
 # A pooled cell whose CRF scores are all below this lies in the crop's zero padding.
 NO_SCORE_EPS = 1e-5
 
