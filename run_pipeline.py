@@ -27,12 +27,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 import infer_cls_ser
 from tool import layout
-from tool.fileio import atomic_write_text, load_label_png, load_scores
+from tool.fileio import atomic_path, atomic_write_text, load_label_png, load_scores
+from tool.metrics import confusion, scores_from_confusion
 from tool.pyutils import setup_logger
-from voc12.voc import load_img_id_list, segmentation_path, voc_palette
+from voc12.data import load_rgb
+from voc12.make_toy_voc import MARKER_FILE, make_toy_voc
+from voc12.voc import jpeg_path, load_img_id_list, segmentation_path, voc_palette
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent
@@ -150,8 +154,6 @@ def argv(flags: dict) -> list[str]:
 
 def image_miou(gt: np.ndarray, pred: np.ndarray) -> float:
     """Mean IoU over the classes of one image's ground truth (for picking the figure's images)."""
-    from tool.metrics import confusion, scores_from_confusion
-
     scores = scores_from_confusion(confusion(gt, pred))
     return 0.0 if scores["mIoU_present"] is None else scores["mIoU_present"]
 
@@ -221,9 +223,6 @@ class Pipeline:
         """The effective ``--crf_alphas`` of the infer_cls stage (its preset and user flags): the CRF folders."""
         return infer_cls_ser.crf_alphas_of(self.flags("infer_cls"))
 
-    def all_exist(self, folder: Path, ids: list[str], suffix: str) -> bool:
-        return folder.is_dir() and all((folder / f"{i}{suffix}").exists() for i in ids)
-
     def run_dir(self, variant: str, seed: int) -> Path:
         return self.work / variant / f"seed{seed}"
 
@@ -241,8 +240,6 @@ class Pipeline:
             if not self.infer_list.exists() or self.infer_list.read_text() != text:
                 atomic_write_text(self.infer_list, text)
             return
-        from voc12.make_toy_voc import MARKER_FILE, make_toy_voc
-
         toy, pretrain_toy = dict(self.preset["toy"]), dict(self.preset["pretrain_toy"])
         for key in ("num_train", "num_val", "size"):
             if getattr(self.args, f"toy_{key}") is not None:
@@ -298,9 +295,8 @@ class Pipeline:
             self.run(f"{name}/train_cls", "train_cls_ser.py", flags + self.flags("train_cls"))
         ids = load_img_id_list(self.infer_list)
         cam, cam_pred, crf = out / "cam", out / "cam_pred", out / "crf"
-        done = all(self.all_exist(d, ids, s) for d, s in ((cam, ".npz"), (cam_pred, ".png")))
-        done = done and all(self.all_exist(layout.crf_dir(crf, a), ids, ".npz") for a in self.crf_alphas())
-        if not done:
+        outputs = {"out_cam": cam, "out_cam_pred": cam_pred, "out_crf": crf, "crf_alphas": self.crf_alphas()}
+        if not all(layout.all_exist(layout.cam_stage_paths(i, **outputs)) for i in ids):
             flags = argv(
                 {
                     "--weights": session.with_suffix(".pth"),
@@ -337,7 +333,7 @@ class Pipeline:
             self.run(f"{name}/train_aff", "train_aff.py", flags + self.flags("train_aff"))
         ids = load_img_id_list(self.infer_list)
         rw = out / "rw"
-        if not self.all_exist(rw, ids, ".png"):
+        if not all(layout.all_exist(layout.rw_stage_paths(i, rw)) for i in ids):
             flags = argv(
                 {
                     "--weights": session.with_suffix(".pth"),
@@ -384,7 +380,7 @@ class Pipeline:
             )
             self.run(f"{name}/train_seg", "train_seg.py", flags + self.flags("train_seg"))
         seg = out / "seg_val"
-        if not self.all_exist(seg, load_img_id_list(self.val_list), ".png"):
+        if not all(layout.all_exist(layout.seg_stage_paths(i, seg)) for i in load_img_id_list(self.val_list)):
             flags = argv(
                 {
                     "--weights": session.with_suffix(".pth"),
@@ -398,8 +394,6 @@ class Pipeline:
 
     def background_only(self) -> tuple[float, float]:
         """mIoU (21 classes, present classes) of predicting background everywhere: the floor any CAM must beat."""
-        from tool.metrics import confusion, scores_from_confusion
-
         conf = 0
         for i in load_img_id_list(self.eval_list):
             gt = load_label_png(segmentation_path(self.voc12_root, i))
@@ -422,12 +416,6 @@ class Pipeline:
 
     def figure(self, out: Path, path: Path, n: int) -> None:
         """Rows of (image, ground truth, CAM prediction, CRF label, random-walk label) for ``n`` val images."""
-        from PIL import Image
-
-        from tool.fileio import atomic_path
-        from voc12.data import load_rgb
-        from voc12.voc import jpeg_path
-
         palette = voc_palette()
         rows = []
         for i in self.figure_ids(out, n):
