@@ -51,36 +51,27 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="mIoU of predicted masks or CAM score files (docs/method.md#evaluation)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--list",
-        default=str(DEFAULT_LIST),
-        type=str,
-        help="image list: bare ids or /JPEGImages/<id>.jpg lines",
-    )
-    parser.add_argument("--predict_dir", default="out_rw", type=str, help="folder of <id>.png masks or score files")
+    parser.add_argument("--list", default=str(DEFAULT_LIST), help="image list: bare ids or /JPEGImages/<id>.jpg lines")
+    parser.add_argument("--predict_dir", default="out_rw", help="folder of <id>.png masks or score files")
     parser.add_argument(
         "--gt_dir",
         default="VOC2012/SegmentationClass",
-        type=str,
         help="folder of ground-truth <id>.png palette masks (class indices, 255 = void)",
     )
     parser.add_argument(
         "--logfile",
         default="evallog.txt",
-        type=str,
         help="append one timestamped line with the comment and mIoU here ('' = no log)",
     )
-    parser.add_argument("--comment", default="", type=str, help="free text written to the log line")
+    parser.add_argument("--comment", default="", help="free text written to the log line")
     parser.add_argument(
         "--type",
         default="png",
         choices=["png", "npy"],
-        type=str,
         help="png: prediction masks; npy: CAM score files scored with a background threshold (--t or --curve)",
     )
     parser.add_argument(
         "--t",
-        default=None,
         type=cli.unit_float,
         help="background threshold for --type npy: background unless a present class scores above t",
     )
@@ -92,7 +83,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     flags.add_allow_pickle_flag(
         parser, "--type npy: also read the reference's pickled <id>.npy dicts when no <id>.npz exists"
     )
-    parser.add_argument("--json", default=None, type=str, help="also write the results as JSON to this path")
+    parser.add_argument("--json", help="also write the results as JSON to this path")
     parser.add_argument(
         "--num_workers",
         default=cli.usable_cpus(),

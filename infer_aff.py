@@ -12,11 +12,9 @@ grid-pooled CAMs, with a constant background score, by ``T ** (2 ** logt)``.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,15 +23,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from engine import flags, inference
-from engine.script import script_context
+from engine.script import ScriptEnv
 from tool import cli, layout, pyutils, torchutils
 from tool.camutils import BG_SCORE
 from tool.crf import crf_inference
-from tool.fileio import load_scores, missing_score_file_message, remove_stale_temps, save_png, save_scores, score_file
+from tool.fileio import load_scores, missing_score_file_message, save_png, save_scores, score_file
 from tool.imutils import hwc_to_chw
 from tool.randomwalk import DEFAULT_RADIUS, FEATURE_STRIDE, min_grid, propagate
 from voc12.data import VOC12ImageDataset
-from voc12.voc import NUM_CLASSES, load_img_id_list, voc_palette
+from voc12.voc import NUM_CLASSES, voc_palette
 
 logger = logging.getLogger(__name__)
 # The sparse walk costs one sparse product per step, 2 ** logt steps: logt 12 is already 16x the reference's 256
@@ -47,14 +45,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     flags.add_weights_flag(parser, "trained AffinityNet .pth")
     flags.add_network_flags(parser, "network.resnet38_aff", width_help="channel width multiplier of the network")
     flags.add_num_workers_flag(parser, help="DataLoader worker processes (default 8, at most the usable CPUs)")
-    parser.add_argument("--cam_dir", type=str, required=True, help="CAM folder written by infer_cls_ser.py --out_cam")
+    parser.add_argument("--cam_dir", required=True, help="CAM folder written by infer_cls_ser.py --out_cam")
     flags.add_data_flags(parser, "--infer_list", list_help="images to process", root_help="VOC2012 devkit folder")
-    parser.add_argument("--out_rw", type=str, required=True, help="output folder of random-walk label PNGs")
+    parser.add_argument("--out_rw", required=True, help="output folder of random-walk label PNGs")
     parser.add_argument(
-        "--out_rw_scores",
-        type=str,
-        default=None,
-        help="also save the propagated scores (bg + present classes) on the stride-8 grid (.npz)",
+        "--out_rw_scores", help="also save the propagated scores (bg + present classes) on the stride-8 grid (.npz)"
     )
     parser.add_argument(
         "--beta",
@@ -144,64 +139,45 @@ def random_walk_image(
     return label.to(torch.uint8).cpu().numpy(), scores
 
 
-def main(args: argparse.Namespace) -> dict:
-    with script_context(args) as env:
-        return _main(args, env.device)
-
-
-def _main(args: argparse.Namespace, device: torch.device) -> dict:
-    out_rw = Path(args.out_rw)
-
-    def paths(image_id: str) -> dict[str, Path]:
-        return layout.rw_stage_paths(image_id, args.out_rw, args.out_rw_scores)
-
-    ids = torchutils.shard(load_img_id_list(args.infer_list, duplicates="warn"))
-    todo = ids if args.overwrite else [i for i in ids if not layout.all_exist(paths(i))]
-    logger.info("%d images, %d to do on this rank", len(ids), len(todo))
-    folders = {cli.check_output_dir(out_rw, "--out_rw")}
-    if args.out_rw_scores:
-        folders.add(cli.check_output_dir(args.out_rw_scores, "--out_rw_scores"))
-    remove_stale_temps(folders, set(todo))  # hidden temp files of a killed run
-    summary = {"images": len(ids), "done": 0, "skipped": len(ids) - len(todo)}
-    if todo:
-        for image_id in todo:  # every CAM file must be there before hours of work start
-            cam_path = score_file(args.cam_dir, image_id, args.allow_pickle)
-            if not cam_path.is_file():
-                raise cli.MissingFileError(f"--cam_dir: {missing_score_file_message(cam_path)}")
-        start = time.time()
-        summary["done"] = run_images(args, todo, paths, device)
-        summary["seconds"] = time.time() - start
-    summary["images"], summary["done"], summary["skipped"] = torchutils.sum_over_ranks(
-        [summary["images"], summary["done"], summary["skipped"]]
-    )
-    if todo:
-        logger.info("random walk: %s", summary)
-    return summary
-
-
-def run_images(args: argparse.Namespace, todo: list[str], paths: Callable, device: torch.device) -> int:
-    """Walk and write the images ``todo``; returns how many were processed."""
-    model = inference.load_model(args.network, args.width_mult, args.weights, device)
+def run_images(args: argparse.Namespace, ids: list[str], env: ScriptEnv, paths_of) -> int:
+    """Walk and write the images ``ids``; returns how many were processed."""
+    for image_id in ids:  # every CAM file must be there before hours of work start
+        cam_path = score_file(args.cam_dir, image_id, args.allow_pickle)
+        if not cam_path.is_file():
+            raise cli.MissingFileError(f"--cam_dir: {missing_score_file_message(cam_path)}")
+    model = inference.load_model(args.network, args.width_mult, args.weights, env.device)
     palette = voc_palette()
     loader = DataLoader(
-        VOC12ImageDataset(args.infer_list, args.voc12_root, ids=todo), batch_size=None, num_workers=args.num_workers
+        VOC12ImageDataset(args.infer_list, args.voc12_root, ids=ids), batch_size=None, num_workers=args.num_workers
     )
     walk = {k: getattr(args, k) for k in ("bg_score", "beta", "logt", "rw_mode", "crf", "amp")}
     done = 0
-    for image_id, image in tqdm(loader, total=len(todo), disable=not torchutils.is_main_process()):
+    for image_id, image in tqdm(loader, total=len(ids), desc="random walk", disable=not env.is_main):
         image = image.numpy()
         cam_path = score_file(args.cam_dir, image_id, args.allow_pickle)
         keys, cams = load_scores(cam_path, args.allow_pickle, kind="cam")
         if cams.shape[1:] != image.shape[:2]:
             raise cli.InputError(f"{cam_path}: CAM is {cams.shape[1:]} but image {image_id} is {image.shape[:2]}")
-        label, scores = random_walk_image(model, image, keys, cams, device, **walk)
-        out = paths(image_id)
+        label, scores = random_walk_image(model, image, keys, cams, env.device, **walk)
+        out = paths_of(image_id)
         if "rw_scores" in out:
             keep = np.concatenate([[0], keys + 1])
             save_scores(out["rw_scores"], keep, scores[keep].cpu().numpy(), "float32", kind="rw")
         save_png(out["rw"], label, palette)
         done += 1
     return done
+
+
+def main(args: argparse.Namespace) -> dict:
+    paths_of = functools.partial(layout.rw_stage_paths, out_rw=args.out_rw, out_rw_scores=args.out_rw_scores)
+    out_dirs = [("--out_rw", args.out_rw)] + ([("--out_rw_scores", args.out_rw_scores)] if args.out_rw_scores else [])
+    return inference.run_stage(
+        args,
+        "random walk",
+        out_dirs,
+        paths_of,
+        lambda ids, todo, env: run_images(args, [ids[i] for i in todo], env, paths_of),
+    )
 
 
 if __name__ == "__main__":

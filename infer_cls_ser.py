@@ -32,11 +32,11 @@ of the images it recomputes.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import multiprocessing
 import os
 import sys
-import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -49,94 +49,19 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from engine import flags, inference
-from engine.script import ScriptEnv, script_context
-from tool import cli, layout, torchutils
+from engine.script import ScriptEnv
+from tool import cli, layout
 from tool.camutils import BG_SCORE, max_norm
 from tool.crf import crf_scores_with_alpha
 from tool.fileio import SCORE_DTYPES, atomic_path, save_png, save_scores
 from tool.visualization import cam_overlay
 from voc12.data import MSF_SCALES, VOC12ClsDatasetMSF
 from voc12.make_cls_labels import load_or_build_cls_labels
-from voc12.voc import load_img_id_list, voc_palette
+from voc12.voc import voc_palette
 
 logger = logging.getLogger(__name__)
 
 CRF_ALPHAS = (4.0, 24.0)
-
-
-def default_crf_workers() -> int:
-    """One CPU of this rank's share is left for the network and the data loader."""
-    cpus = cli.usable_cpus()
-    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    return max(1, cpus // ranks_here - 1)
-
-
-def add_crf_alphas_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--crf_alphas",
-        type=cli.float_range(0, 1000, lo_open=True),
-        nargs="+",
-        default=list(CRF_ALPHAS),
-        help="background powers of the CRF scores in (0, 1000], bg = (1 - max cam) ** alpha (reference: 4 24)",
-    )
-
-
-def crf_alphas_of(flags: list[str]) -> list[float]:
-    """The ``--crf_alphas`` a command line of this script resolves to (default :data:`CRF_ALPHAS`)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_crf_alphas_arg(parser)
-    return parser.parse_known_args(flags)[0].crf_alphas
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="SSENet CAM inference: CAMs, CAM predictions, CRF scores")
-    flags.add_weights_flag(parser, "trained SSENet state dict (.pth)")
-    flags.add_network_flags(parser, "network.resnet38_cls_ser")
-    flags.add_data_flags(parser, "--infer_list")
-    flags.add_cls_labels_flag(parser)
-    flags.add_num_workers_flag(parser, 8, "DataLoader worker processes per rank (at most the CPUs)")
-    parser.add_argument(
-        "--scales",
-        type=cli.float_range(0, 4, lo_open=True),
-        nargs="+",
-        default=list(MSF_SCALES),
-        help="input scales in (0, 4], each run with its horizontal flip (reference: 1.0 0.5 1.5 2.0)",
-    )
-    parser.add_argument(
-        "--out_cam", type=str, default=None, help="folder for <id>.npz normalised CAMs of present classes"
-    )
-    parser.add_argument("--out_cam_pred", type=str, default=None, help="folder for <id>.png CAM argmax predictions")
-    parser.add_argument(
-        "--out_crf",
-        type=str,
-        default=None,
-        help="folder prefix for CRF scores: <out_crf>_<alpha>/<id>.npz, one folder per --crf_alphas value",
-    )
-    parser.add_argument("--out_vis", type=str, default=None, help="folder for <id>.png CAM overlays (image + classes)")
-    parser.add_argument(
-        "--bg_score",
-        type=cli.unit_float,
-        default=BG_SCORE,
-        help="constant background score of --out_cam_pred in [0, 1], against CAMs in [0, 1] (reference: 0.2)",
-    )
-    add_crf_alphas_arg(parser)
-    parser.add_argument(
-        "--crf_workers",
-        type=cli.worker_count,
-        default=default_crf_workers(),
-        help="processes running the dense CRF beside the network; 0 runs it in line; on a CPU device the network "
-        "keeps the other torch threads (default: CPUs per rank - 1)",
-    )
-    parser.add_argument(
-        "--score_dtype",
-        type=str,
-        choices=sorted(SCORE_DTYPES),
-        default="float16",
-        help="dtype of the stored CAM and CRF scores",
-    )
-    flags.add_overwrite_flag(parser)
-    flags.add_device_flags(parser)
-    return parser
 
 
 # --------------------------------------------------------------------------- the method
@@ -195,21 +120,6 @@ def write_crf(
 def _save_rgb_png(path: Path, image: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
-
-
-# --------------------------------------------------------------------------- outputs on disk
-
-
-def output_paths(args: argparse.Namespace, image_id: str) -> dict[str, Path]:
-    """Every file the flags request for ``image_id`` (:func:`tool.layout.cam_stage_paths`)."""
-    return layout.cam_stage_paths(
-        image_id,
-        out_cam=args.out_cam,
-        out_cam_pred=args.out_cam_pred,
-        out_crf=args.out_crf,
-        crf_alphas=args.crf_alphas,
-        out_vis=args.out_vis,
-    )
 
 
 # --------------------------------------------------------------------------- CRF worker pool
@@ -282,8 +192,8 @@ def write_outputs(
     score_dtype: str = "float16",
     bg_score: float = BG_SCORE,
 ) -> None:
-    """Every file of ``paths`` (:func:`output_paths`) for one image; the CRF ones are queued to the worker pool
-    first so they overlap."""
+    """Every file of ``paths`` (:func:`tool.layout.cam_stage_paths`) for one image; the CRF ones are queued to
+    the worker pool first so they overlap."""
     image = item["image"].numpy()  # (H, W, 3) uint8
     keys = np.flatnonzero(item["label"].numpy() > 0)
     cams = norm_cam[keys]  # (K, H, W), present classes only
@@ -298,8 +208,9 @@ def write_outputs(
         _save_rgb_png(paths["vis"], cam_visualization(image, cams))
 
 
-def run_images(args: argparse.Namespace, ids: list[str], todo: list[int], device: torch.device, is_main: bool) -> int:
+def run_images(args: argparse.Namespace, ids: list[str], todo: list[int], env: ScriptEnv, paths_of) -> int:
     """CAMs and outputs of ``ids[i]`` for ``i`` in ``todo``; returns how many images were processed."""
+    device = env.device
     threads = torch.get_num_threads()
     with CrfPool(args.crf_workers if args.out_crf else 0) as crf_pool:
         model = inference.load_model(args.network, args.width_mult, args.weights, device)
@@ -315,10 +226,10 @@ def run_images(args: argparse.Namespace, ids: list[str], todo: list[int], device
         done = 0
         try:
             with logging_redirect_tqdm():
-                for item in tqdm(loader, desc="CAM inference", disable=not is_main):
+                for item in tqdm(loader, desc="CAM inference", disable=not env.is_main):
                     size = tuple(item["image"].shape[:2])
                     norm_cam = infer_cams(model, item["inputs"], item["label"], size, device, args.amp)
-                    paths = output_paths(args, item["id"])
+                    paths = paths_of(item["id"])
                     write_outputs(paths, item, norm_cam, crf_pool, args.crf_alphas, args.score_dtype, args.bg_score)
                     done += 1
             crf_pool.close()
@@ -327,37 +238,81 @@ def run_images(args: argparse.Namespace, ids: list[str], todo: list[int], device
     return done
 
 
+# --------------------------------------------------------------------------- command line
+
+
+def default_crf_workers() -> int:
+    """One CPU of this rank's share is left for the network and the data loader."""
+    cpus = cli.usable_cpus()
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, cpus // ranks_here - 1)
+
+
+def add_crf_alphas_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--crf_alphas",
+        type=cli.float_range(0, 1000, lo_open=True),
+        nargs="+",
+        default=list(CRF_ALPHAS),
+        help="background powers of the CRF scores in (0, 1000], bg = (1 - max cam) ** alpha (reference: 4 24)",
+    )
+
+
+def crf_alphas_of(flags: list[str]) -> list[float]:
+    """The ``--crf_alphas`` a command line of this script resolves to (default :data:`CRF_ALPHAS`)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_crf_alphas_arg(parser)
+    return parser.parse_known_args(flags)[0].crf_alphas
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="SSENet CAM inference: CAMs, CAM predictions, CRF scores")
+    flags.add_weights_flag(parser, "trained SSENet state dict (.pth)")
+    flags.add_network_flags(parser, "network.resnet38_cls_ser")
+    flags.add_data_flags(parser, "--infer_list")
+    flags.add_cls_labels_flag(parser)
+    flags.add_num_workers_flag(parser, 8, "DataLoader worker processes per rank (at most the CPUs)")
+    flags.add_scales_flag(parser, MSF_SCALES, "each run with its horizontal flip (reference: 1.0 0.5 1.5 2.0)")
+    parser.add_argument("--out_cam", help="folder for <id>.npz normalised CAMs of present classes")
+    parser.add_argument("--out_cam_pred", help="folder for <id>.png CAM argmax predictions")
+    parser.add_argument(
+        "--out_crf", help="folder prefix for CRF scores: <out_crf>_<alpha>/<id>.npz, one folder per --crf_alphas value"
+    )
+    parser.add_argument("--out_vis", help="folder for <id>.png CAM overlays (image + classes)")
+    parser.add_argument(
+        "--bg_score",
+        type=cli.unit_float,
+        default=BG_SCORE,
+        help="constant background score of --out_cam_pred in [0, 1], against CAMs in [0, 1] (reference: 0.2)",
+    )
+    add_crf_alphas_arg(parser)
+    parser.add_argument(
+        "--crf_workers",
+        type=cli.worker_count,
+        default=default_crf_workers(),
+        help="processes running the dense CRF beside the network; 0 runs it in line; on a CPU device the network "
+        "keeps the other torch threads (default: CPUs per rank - 1)",
+    )
+    parser.add_argument(
+        "--score_dtype", choices=sorted(SCORE_DTYPES), default="float16", help="dtype of the stored CAM and CRF scores"
+    )
+    flags.add_overwrite_flag(parser)
+    flags.add_device_flags(parser)
+    return parser
+
+
 def main(args: argparse.Namespace) -> dict:
-    start = time.perf_counter()
-    with script_context(args) as env:
-        return _main(args, env, start)
-
-
-def _main(args: argparse.Namespace, env: ScriptEnv, start: float) -> dict:
-    device, is_main = env.device, env.is_main
     if not (args.out_cam or args.out_cam_pred or args.out_crf or args.out_vis):
         raise SystemExit("nothing to write: give at least one of --out_cam, --out_cam_pred, --out_crf, --out_vis")
     if args.out_crf and not args.crf_alphas:
         raise SystemExit("--out_crf needs at least one --crf_alphas value")
-
-    # ---- this rank's images, minus the finished ones (decided before any image is read)
-    ids = load_img_id_list(args.infer_list, duplicates="warn")
-    for flag, folder in (
-        ("--out_cam", args.out_cam),
-        ("--out_cam_pred", args.out_cam_pred),
-        ("--out_vis", args.out_vis),
-    ):
-        if folder:
-            cli.check_output_dir(folder, flag)
-    for alpha in args.crf_alphas if args.out_crf else ():
-        cli.check_output_dir(layout.crf_dir(args.out_crf, alpha), "--out_crf")
-    todo, skipped = inference.images_to_do(ids, lambda i: output_paths(args, i), args.overwrite)
-
-    done = run_images(args, ids, todo, device, is_main) if todo else 0
-
-    done, skipped = torchutils.sum_over_ranks([done, skipped])
-    seconds = inference.log_done("CAM inference", done, skipped, start)
-    return {"images": len(ids), "done": done, "skipped": skipped, "seconds": seconds}
+    outputs = {"out_cam": args.out_cam, "out_cam_pred": args.out_cam_pred, "out_vis": args.out_vis}
+    paths_of = functools.partial(layout.cam_stage_paths, out_crf=args.out_crf, crf_alphas=args.crf_alphas, **outputs)
+    out_dirs = [(f"--{flag}", folder) for flag, folder in outputs.items() if folder]
+    out_dirs += [("--out_crf", layout.crf_dir(args.out_crf, a)) for a in (args.crf_alphas if args.out_crf else ())]
+    return inference.run_stage(
+        args, "CAM inference", out_dirs, paths_of, lambda ids, todo, env: run_images(args, ids, todo, env, paths_of)
+    )
 
 
 if __name__ == "__main__":

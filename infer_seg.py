@@ -29,75 +29,31 @@ it); leftover temporary files of a killed run are removed.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from engine import flags, inference
-from engine.script import ScriptEnv, script_context
-from tool import cli, layout, torchutils
+from engine.script import ScriptEnv
+from tool import cli, layout
 from tool.crf import crf_inference
 from tool.fileio import atomic_path, save_png
 from voc12.data import VOC12ImageDatasetMSF
-from voc12.voc import load_img_id_list, voc_palette
+from voc12.voc import voc_palette
 
 logger = logging.getLogger(__name__)
 
 # SEAM's released ResNet38 retraining configuration tests at these scales, with flips.
 SEG_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 SERVER_SUBDIR = layout.SERVER_SUBDIR
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Segmentation inference: multi-scale + flip, optional dense CRF")
-    flags.add_weights_flag(
-        parser, "trained segmentation weights (.pth state dict of train_seg.py; .params / .caffemodel need a head)"
-    )
-    flags.add_network_flags(
-        parser,
-        "network.resnet38_seg",
-        network_help="network module, dotted name (network.resnet38_seg, network.vgg16_seg)",
-    )
-    flags.add_data_flags(parser, "--infer_list", "voc12/val.txt", "list of images to segment")
-    parser.add_argument(
-        "--scales",
-        type=cli.float_range(0, 4, lo_open=True),
-        nargs="+",
-        default=list(SEG_SCALES),
-        help="input scales in (0, 4], averaged (SEAM's retraining config: 0.5 0.75 1.0 1.25 1.5 1.75)",
-    )
-    parser.add_argument("--no_flip", action="store_true", help="do not add the horizontal flip of every scale")
-    parser.add_argument(
-        "--crf",
-        action="store_true",
-        help="refine the averaged probabilities with the dense CRF of tool/crf.py (SEAM's config tests with a CRF)",
-    )
-    parser.add_argument("--out_seg", type=str, default=None, help="folder for <id>.png palette label maps")
-    parser.add_argument(
-        "--test_server_dir",
-        type=str,
-        default=None,
-        help="folder for the VOC server layout results/VOC2012/Segmentation/comp6_test_cls/<id>.png",
-    )
-    parser.add_argument(
-        "--archive",
-        type=str,
-        default=None,
-        help="with --test_server_dir: write this .tar.gz of its results/ tree once every image is done",
-    )
-    flags.add_num_workers_flag(parser)
-    flags.add_overwrite_flag(parser)
-    flags.add_device_flags(parser)
-    return parser
 
 
 # --------------------------------------------------------------------------- the method
@@ -139,11 +95,6 @@ def segment(probs: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
 # --------------------------------------------------------------------------- outputs on disk
 
 
-def output_paths(args: argparse.Namespace, image_id: str) -> dict[str, Path]:
-    """Every file the flags request for ``image_id`` (:func:`tool.layout.seg_stage_paths`)."""
-    return layout.seg_stage_paths(image_id, args.out_seg, args.test_server_dir)
-
-
 def write_archive(server_dir: str | Path, ids: list[str], archive: str | Path) -> int:
     """Pack ``<server_dir>/results/...comp6_test_cls/<id>.png`` of every id into a .tar.gz; returns the file count.
 
@@ -165,58 +116,87 @@ def write_archive(server_dir: str | Path, ids: list[str], archive: str | Path) -
 # --------------------------------------------------------------------------- main
 
 
-def run_images(args: argparse.Namespace, todo: list[int], device: torch.device, is_main: bool) -> int:
+def run_images(args: argparse.Namespace, todo: list[int], env: ScriptEnv, paths_of) -> int:
     """Predict and write ``todo`` (indices into the list); returns how many images were processed."""
-    model = inference.load_model(args.network, args.width_mult, args.weights, device)
+    model = inference.load_model(args.network, args.width_mult, args.weights, env.device)
     msf = VOC12ImageDatasetMSF(args.infer_list, args.voc12_root, args.scales, normalize=model.normalize)
     # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
-    pin = device.type == "cuda"
+    pin = env.device.type == "cuda"
     loader = DataLoader(Subset(msf, todo), batch_size=None, num_workers=args.num_workers, pin_memory=pin)
     palette = voc_palette()
     done = 0
     with logging_redirect_tqdm():
-        for item in tqdm(loader, desc="segmentation", disable=not is_main):
+        for item in tqdm(loader, desc="segmentation", disable=not env.is_main):
             image = item["image"].numpy()  # (H, W, 3) uint8
-            probs = infer_probs(model, item["inputs"], image.shape[:2], device, not args.no_flip, args.amp)
+            probs = infer_probs(model, item["inputs"], image.shape[:2], env.device, not args.no_flip, args.amp)
             label = segment(probs, image if args.crf else None)
-            for path in output_paths(args, item["id"]).values():
+            for path in paths_of(item["id"]).values():
                 save_png(path, label, palette)
             done += 1
     return done
 
 
+def archive_on_main(server_dir: str, archive: str | None, ids: list[str], env: ScriptEnv) -> dict:
+    """Rank 0 writes ``--archive`` (:func:`write_archive`) when one is asked for; returns its file count."""
+    if not (archive and env.is_main):
+        return {"archived": None}
+    archived = write_archive(server_dir, ids, archive)
+    logger.info("wrote %s (%d predictions) for the VOC evaluation server", archive, archived)
+    return {"archived": archived}
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Segmentation inference: multi-scale + flip, optional dense CRF")
+    flags.add_weights_flag(
+        parser, "trained segmentation weights (.pth state dict of train_seg.py; .params / .caffemodel need a head)"
+    )
+    flags.add_network_flags(
+        parser,
+        "network.resnet38_seg",
+        network_help="network module, dotted name (network.resnet38_seg, network.vgg16_seg)",
+    )
+    flags.add_data_flags(parser, "--infer_list", "voc12/val.txt", "list of images to segment")
+    flags.add_scales_flag(parser, SEG_SCALES, "averaged (SEAM's retraining config: 0.5 0.75 1.0 1.25 1.5 1.75)")
+    parser.add_argument("--no_flip", action="store_true", help="do not add the horizontal flip of every scale")
+    parser.add_argument(
+        "--crf",
+        action="store_true",
+        help="refine the averaged probabilities with the dense CRF of tool/crf.py (SEAM's config tests with a CRF)",
+    )
+    parser.add_argument("--out_seg", help="folder for <id>.png palette label maps")
+    parser.add_argument(
+        "--test_server_dir",
+        help="folder for the VOC server layout results/VOC2012/Segmentation/comp6_test_cls/<id>.png",
+    )
+    parser.add_argument(
+        "--archive", help="with --test_server_dir: write this .tar.gz of its results/ tree once every image is done"
+    )
+    flags.add_num_workers_flag(parser)
+    flags.add_overwrite_flag(parser)
+    flags.add_device_flags(parser)
+    return parser
+
+
 def main(args: argparse.Namespace) -> dict:
-    start = time.perf_counter()
-    with script_context(args) as env:
-        return _main(args, env, start)
-
-
-def _main(args: argparse.Namespace, env: ScriptEnv, start: float) -> dict:
-    device, is_main = env.device, env.is_main
     if not (args.out_seg or args.test_server_dir):
         raise SystemExit("nothing to write: give --out_seg and/or --test_server_dir")
     if args.archive and not args.test_server_dir:
         raise SystemExit("--archive packs the --test_server_dir layout: give --test_server_dir too")
-
-    # ---- this rank's images, minus the finished ones
-    ids = load_img_id_list(args.infer_list, duplicates="warn")  # a repeated image is segmented once
-    if args.out_seg:
-        cli.check_output_dir(args.out_seg, "--out_seg")
+    paths_of = functools.partial(layout.seg_stage_paths, out_seg=args.out_seg, test_server_dir=args.test_server_dir)
+    out_dirs = [("--out_seg", args.out_seg)] if args.out_seg else []
     if args.test_server_dir:
-        cli.check_output_dir(Path(args.test_server_dir) / SERVER_SUBDIR, "--test_server_dir")
-    todo, skipped = inference.images_to_do(ids, lambda i: output_paths(args, i), args.overwrite)
-
-    done = run_images(args, todo, device, is_main) if todo else 0
-    done, skipped = torchutils.sum_over_ranks([done, skipped])  # also waits for every rank to finish
-
-    archived = None
-    if args.archive and is_main:
-        archived = write_archive(args.test_server_dir, ids, args.archive)
-        logger.info("wrote %s (%d predictions) for the VOC evaluation server", args.archive, archived)
-    seconds = inference.log_done("segmentation", done, skipped, start)
-    if torchutils.is_distributed():
-        dist.barrier()  # the other ranks wait for the archive
-    return {"images": len(ids), "done": done, "skipped": skipped, "archived": archived, "seconds": seconds}
+        out_dirs.append(("--test_server_dir", Path(args.test_server_dir) / SERVER_SUBDIR))
+    return inference.run_stage(
+        args,
+        "segmentation",
+        out_dirs,
+        paths_of,
+        lambda ids, todo, env: run_images(args, todo, env, paths_of),
+        lambda ids, env: archive_on_main(args.test_server_dir, args.archive, ids, env),
+    )
 
 
 if __name__ == "__main__":

@@ -50,14 +50,7 @@ ROOT = Path(__file__).resolve().parent
 # 0.5 (where the CAM curve on the val images peaks), CRF alphas 1 and 8 (the low-alpha background equals that
 # score at the threshold), logt 2 (a 16x12 grid instead of VOC's ~63x47: longer walks over-smooth it).
 PRESETS = {
-    "paper": {
-        "train_cls": [],
-        "infer_cls": [],
-        "train_aff": [],
-        "infer_aff": [],
-        "train_seg": [],
-        "infer_seg": [],
-    },
+    "paper": {"train_cls": [], "infer_cls": [], "train_aff": [], "infer_aff": [], "train_seg": [], "infer_seg": []},
     "demo": {
         "toy": {"num_train": 192, "num_val": 24, "size": 128, "seed": 0, "min_extent": 0.12, "max_extent": 0.7},
         "pretrain_toy": {
@@ -89,6 +82,7 @@ PRESETS = {
     },
 }
 STAGES = ("pretrain", "train_cls", "infer_cls", "train_aff", "infer_aff", "train_seg", "infer_seg")
+STAGE_SCRIPTS = {"train_cls": "train_cls_ser.py", "train_aff": "train_aff.py", "train_seg": "train_seg.py"}
 # --stages: cam = train_cls_ser + infer_cls_ser + CAM evaluation (train list); rw = train_aff + infer_aff +
 # random-walk evaluation (train list); seg = train_seg on the random-walk labels + infer_seg + evaluation (val list).
 STAGE_GROUPS = ("cam", "rw", "seg")
@@ -104,12 +98,12 @@ VARIANT_NAMES = {"ssenet": "SSENet (ser_weight 1)", "baseline": "baseline (ser_w
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="SSENet + AffinityNet pipeline runner")
     parser.add_argument("--preset", choices=sorted(PRESETS), required=True, help="paper (VOC) or demo (toy, CPU)")
-    parser.add_argument("--work_dir", type=str, default=None, help="output folder (default: work_dirs/<preset>)")
-    parser.add_argument("--voc12_root", type=str, default="VOC2012", help="paper preset: VOC2012 devkit folder")
-    parser.add_argument("--weights", type=str, default=None, help="paper preset: ImageNet ResNet38 .params")
-    parser.add_argument("--train_list", type=str, default="voc12/train_aug.txt", help="paper: training list")
-    parser.add_argument("--val_list", type=str, default="voc12/val.txt", help="paper: validation list")
-    parser.add_argument("--eval_list", type=str, default="voc12/train.txt", help="paper: list scored (train)")
+    parser.add_argument("--work_dir", help="output folder (default: work_dirs/<preset>)")
+    parser.add_argument("--voc12_root", default="VOC2012", help="paper preset: VOC2012 devkit folder")
+    parser.add_argument("--weights", help="paper preset: ImageNet ResNet38 .params")
+    parser.add_argument("--train_list", default="voc12/train_aug.txt", help="paper: training list")
+    parser.add_argument("--val_list", default="voc12/val.txt", help="paper: validation list")
+    parser.add_argument("--eval_list", default="voc12/train.txt", help="paper: list scored (train)")
     parser.add_argument("--ablation", action="store_true", help="also run the --ser_weight 0 baseline")
     parser.add_argument(
         "--stages",
@@ -139,11 +133,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="val images in the figure: those where the random walk gains most over the CAM (0: no figure)",
     )
     for stage in STAGES:
-        parser.add_argument(f"--{stage}_args", type=str, default="", help=f"extra flags for the {stage} stage")
-    parser.add_argument("--toy_num_train", type=int, default=None, help="demo: toy training images")
-    parser.add_argument("--toy_num_val", type=int, default=None, help="demo: toy validation images")
-    parser.add_argument("--toy_size", type=int, default=None, help="demo: toy image long side, pixels")
-    parser.add_argument("--pretrain_num_images", type=int, default=None, help="demo: pretraining set size")
+        parser.add_argument(f"--{stage}_args", default="", help=f"extra flags for the {stage} stage")
+    parser.add_argument("--toy_num_train", type=int, help="demo: toy training images")
+    parser.add_argument("--toy_num_val", type=int, help="demo: toy validation images")
+    parser.add_argument("--toy_size", type=int, help="demo: toy image long side, pixels")
+    parser.add_argument("--pretrain_num_images", type=int, help="demo: pretraining set size")
     return parser
 
 
@@ -226,6 +220,22 @@ class Pipeline:
     def run_dir(self, variant: str, seed: int) -> Path:
         return self.work / variant / f"seed{seed}"
 
+    def train(self, name: str, stage: str, session: Path, seed: int, stage_flags: dict) -> Path:
+        """``stage``'s training script on the training list from ``self.weights``, unless ``session``'s final
+        weights exist (TensorBoard next to them in tb_<cls|aff|seg>); returns those weights."""
+        final = session.with_suffix(".pth")
+        if not final.exists():
+            common = {
+                "--voc12_root": self.voc12_root,
+                "--train_list": self.train_list,
+                "--session_name": session,
+                "--tblog_dir": session.parent / f"tb_{stage.rpartition('_')[2]}",
+                "--weights": self.weights,
+                "--seed": seed,
+            }
+            self.run(f"{name}/{stage}", STAGE_SCRIPTS[stage], argv({**common, **stage_flags}) + self.flags(stage))
+        return final
+
     # ------------------------------------------------------------------ stages
 
     def prepare_data(self) -> None:
@@ -276,30 +286,17 @@ class Pipeline:
         """train_cls_ser -> infer_cls_ser -> CAM evaluation; returns the CAM scores."""
         out = self.run_dir(variant, seed)
         name = f"{variant}/seed{seed}"
-        session = out / "resnet38_cls_ser"
-        if not session.with_suffix(".pth").exists():
-            flags = argv(
-                {
-                    "--voc12_root": self.voc12_root,
-                    "--train_list": self.train_list,
-                    "--val_list": self.val_list,
-                    "--session_name": session,
-                    "--weights": self.weights,
-                    "--tblog_dir": out / "tb_cls",
-                    "--cls_labels": self.work / "cls_labels.npz",
-                    "--seed": seed,
-                }
-            )
-            if variant == "baseline":
-                flags += ["--ser_weight", "0"]
-            self.run(f"{name}/train_cls", "train_cls_ser.py", flags + self.flags("train_cls"))
+        stage_flags = {"--val_list": self.val_list, "--cls_labels": self.work / "cls_labels.npz"}
+        if variant == "baseline":
+            stage_flags["--ser_weight"] = 0
+        weights = self.train(name, "train_cls", out / "resnet38_cls_ser", seed, stage_flags)
         ids = load_img_id_list(self.infer_list)
         cam, cam_pred, crf = out / "cam", out / "cam_pred", out / "crf"
         outputs = {"out_cam": cam, "out_cam_pred": cam_pred, "out_crf": crf, "crf_alphas": self.crf_alphas()}
         if not all(layout.all_exist(layout.cam_stage_paths(i, **outputs)) for i in ids):
             flags = argv(
                 {
-                    "--weights": session.with_suffix(".pth"),
+                    "--weights": weights,
                     "--infer_list": self.infer_list,
                     "--voc12_root": self.voc12_root,
                     "--cls_labels": self.work / "cls_labels.npz",
@@ -315,28 +312,16 @@ class Pipeline:
         """train_aff -> infer_aff -> random-walk evaluation; returns the scores."""
         out = self.run_dir(variant, seed)
         name = f"{variant}/seed{seed}"
-        session = out / "resnet38_aff"
         la_crf, ha_crf = layout.la_ha_crf_dirs(out / "crf", self.crf_alphas())
-        if not session.with_suffix(".pth").exists():
-            flags = argv(
-                {
-                    "--voc12_root": self.voc12_root,
-                    "--train_list": self.train_list,
-                    "--la_crf_dir": la_crf,
-                    "--ha_crf_dir": ha_crf,
-                    "--session_name": session,
-                    "--tblog_dir": out / "tb_aff",
-                    "--weights": self.weights,
-                    "--seed": seed,
-                }
-            )
-            self.run(f"{name}/train_aff", "train_aff.py", flags + self.flags("train_aff"))
+        weights = self.train(
+            name, "train_aff", out / "resnet38_aff", seed, {"--la_crf_dir": la_crf, "--ha_crf_dir": ha_crf}
+        )
         ids = load_img_id_list(self.infer_list)
         rw = out / "rw"
         if not all(layout.all_exist(layout.rw_stage_paths(i, rw)) for i in ids):
             flags = argv(
                 {
-                    "--weights": session.with_suffix(".pth"),
+                    "--weights": weights,
                     "--infer_list": self.infer_list,
                     "--cam_dir": out / "cam",
                     "--voc12_root": self.voc12_root,
@@ -365,25 +350,12 @@ class Pipeline:
         """train_seg on the random-walk labels of the training list -> infer_seg on val -> evaluation on val."""
         out = self.run_dir(variant, seed)
         name = f"{variant}/seed{seed}"
-        session = out / "resnet38_seg"
-        if not session.with_suffix(".pth").exists():
-            flags = argv(
-                {
-                    "--voc12_root": self.voc12_root,
-                    "--train_list": self.train_list,
-                    "--label_dir": out / "rw",
-                    "--session_name": session,
-                    "--tblog_dir": out / "tb_seg",
-                    "--weights": self.weights,
-                    "--seed": seed,
-                }
-            )
-            self.run(f"{name}/train_seg", "train_seg.py", flags + self.flags("train_seg"))
+        weights = self.train(name, "train_seg", out / "resnet38_seg", seed, {"--label_dir": out / "rw"})
         seg = out / "seg_val"
         if not all(layout.all_exist(layout.seg_stage_paths(i, seg)) for i in load_img_id_list(self.val_list)):
             flags = argv(
                 {
-                    "--weights": session.with_suffix(".pth"),
+                    "--weights": weights,
                     "--infer_list": self.val_list,
                     "--voc12_root": self.voc12_root,
                     "--out_seg": seg,

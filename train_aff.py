@@ -20,19 +20,12 @@ from voc12.voc import load_img_id_list
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train AffinityNet (ResNet38) on CRF-refined CAM labels")
+    reason = "the radius-5 pairs need 9 x 9 cells of the stride-8 grid"
     training.add_training_args(
-        parser,
-        {
-            "batch_size": 8,
-            "max_epoches": 8,
-            "network": "network.resnet38_aff",
-            "session_name": "resnet38_aff",
-            "min_crop": 72,
-            "min_crop_reason": "the radius-5 pairs need 9 x 9 cells of the stride-8 grid",
-        },
+        parser, "network.resnet38_aff", batch_size=8, max_epoches=8, min_crop=72, min_crop_reason=reason
     )
-    parser.add_argument("--la_crf_dir", type=str, required=True, help="low-alpha CRF folder (confident foreground)")
-    parser.add_argument("--ha_crf_dir", type=str, required=True, help="high-alpha CRF folder (confident background)")
+    parser.add_argument("--la_crf_dir", required=True, help="low-alpha CRF folder (confident foreground)")
+    parser.add_argument("--ha_crf_dir", required=True, help="high-alpha CRF folder (confident background)")
     flags.add_allow_pickle_flag(parser, "the reference's pickled <id>.npy CRF files")
     return parser
 

@@ -14,7 +14,7 @@ import argparse
 import torch
 from torch.utils.data import DataLoader
 
-from engine import training
+from engine import flags, training
 from network.resnet38_cls_ser import classification_loss, ssenet_loss
 from tool import cli
 from tool.visualization import cam_panel
@@ -25,29 +25,14 @@ from voc12.voc import load_img_id_list
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train SSENet (ResNet38 CAM network with scale equivariance)")
-    training.add_training_args(
-        parser,
-        {
-            "batch_size": 16,
-            "max_epoches": 15,
-            "network": "network.resnet38_cls_ser",
-            "session_name": "resnet38_cls_ser",
-        },
-    )
-    parser.add_argument("--val_list", type=str, default="voc12/val.txt", help="validation list ('' skips validation)")
+    training.add_training_args(parser, "network.resnet38_cls_ser", batch_size=16, max_epoches=15)
+    parser.add_argument("--val_list", default="voc12/val.txt", help="validation list ('' skips validation)")
     parser.add_argument(
         "--val_crop_size", type=cli.int_range(8, 4096), default=500, help="validation centre crop, pixels, 8..4096"
     )
-    parser.add_argument("--cls_labels", type=str, default="voc12/cls_labels.npz", help="image-level label cache")
-    parser.add_argument(
-        "--resize_long",
-        type=cli.int_range(8, 4096),
-        nargs=2,
-        default=(448, 768),
-        metavar=("MIN", "MAX"),
-        action=cli.OrderedPair,
-        help="random long-side resize range, pixels, 8 <= MIN <= MAX <= 4096 (reference: 448 768)",
-    )
+    parser.add_argument("--cls_labels", default="voc12/cls_labels.npz", help="image-level label cache")
+    resize_help = "random long-side resize range, pixels, 8 <= LOW <= HIGH <= 4096 (reference: 448 768)"
+    flags.add_range_flag(parser, "--resize_long", cli.int_range(8, 4096), (448, 768), resize_help)
     parser.add_argument(
         "--branch_rate",
         type=cli.float_range(0, 1, lo_open=True, hi_open=True),

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from engine import training
+from engine import flags, training
 from network.resnet38_seg import segmentation_loss
 from tool import cli, imutils
 from tool.fileio import load_label_png
@@ -39,47 +39,24 @@ from voc12.voc import NUM_CLASSES, load_img_id_list, voc_palette
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train a segmentation network (ResNet38, VGG16) on pseudo labels")
-    training.add_training_args(
-        parser,
-        {
-            "batch_size": 10,  # SEAM issue #11 / released config: TRAIN_BATCHES 10
-            "max_epoches": 19,  # 20k iterations x batch 10 over 10,582 train_aug images = 18.9 epochs
-            "network": "network.resnet38_seg",
-            "session_name": "resnet38_seg",
-            "lr": 0.001,  # SEAM: TRAIN_LR 0.001, new layers 10x
-            "momentum": 0.9,  # SEAM: TRAIN_MOMENTUM 0.9 (no positional quirk in that code)
-            "crop_size": 448,  # SEAM config: DATA_RANDOMCROP 448 (its authors also mention 321)
-        },
-    )
+    # SEAM's released config (and its issue #11): TRAIN_BATCHES 10; 20k iterations x batch 10 over the 10,582
+    # train_aug images = 18.9 epochs; TRAIN_LR 0.001 (new layers 10x); TRAIN_MOMENTUM 0.9 (no positional quirk in
+    # that code); DATA_RANDOMCROP 448 (its authors also mention 321), the shared default.
+    training.add_training_args(parser, "network.resnet38_seg", batch_size=10, max_epoches=19, lr=0.001, momentum=0.9)
     parser.add_argument(
         "--label_dir",
-        type=str,
         required=True,
         help="folder of <id>.png training labels (class indices, 255 ignored): infer_aff.py --out_rw",
     )
-    parser.add_argument(
-        "--scale_range",
-        type=cli.float_range(0, 4, lo_open=True),
-        nargs=2,
-        default=(0.5, 1.5),
-        metavar=("LOW", "HIGH"),
-        action=cli.OrderedPair,
-        help="random rescale factor range, 0 < LOW <= HIGH <= 4 (SEAM config: 0.5 1.5)",
-    )
+    scale_help = "random rescale factor range, 0 < LOW <= HIGH <= 4 (SEAM config: 0.5 1.5)"
+    flags.add_range_flag(parser, "--scale_range", cli.float_range(0, 4, lo_open=True), (0.5, 1.5), scale_help)
     parser.add_argument(
         "--no_color_jitter",
         action="store_true",
         help="switch off the colour jitter (brightness/contrast/saturation 0.3, hue 0.1; SEAM jitters HSV too)",
     )
-    parser.add_argument(
-        "--val_list", type=str, default="", help="images scored (single scale, mIoU) after each epoch ('' skips)"
-    )
-    parser.add_argument(
-        "--val_gt_dir",
-        type=str,
-        default=None,
-        help="ground truth of --val_list (default: <voc12_root>/SegmentationClass)",
-    )
+    parser.add_argument("--val_list", default="", help="images scored (single scale, mIoU) after each epoch ('' skips)")
+    parser.add_argument("--val_gt_dir", help="ground truth of --val_list (default: <voc12_root>/SegmentationClass)")
     return parser
 
 

@@ -177,7 +177,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_images", type=int, default=1464, help="PNG pairs (VOC train has 1,464)")
     parser.add_argument("--num_cams", type=int, default=200, help="CAM .npz files for the curve")
     parser.add_argument("--repeats", type=int, default=5, help="best-of repeats for the fast timings")
-    parser.add_argument("--results", type=Path, default=None, help="add/replace '## Evaluation' in this markdown file")
+    parser.add_argument("--results", type=Path, help="add/replace '## Evaluation' in this markdown file")
     return parser
 
 

@@ -55,18 +55,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of the sparse walk (minimum reported)")
     parser.add_argument("--dense_repeats", type=int, default=1, help="timed runs of the dense reference")
-    parser.add_argument("--device", type=str, default="cpu", help="torch device for both methods")
+    parser.add_argument("--device", default="cpu", help="torch device for both methods")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads per case (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs")
-    parser.add_argument(
-        "--results",
-        type=str,
-        default=None,
-        help=f"markdown file whose '{SECTION}' section is replaced by the results table",
-    )
-    parser.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--worker_inputs", type=str, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--save", type=str, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--results", help=f"markdown file whose '{SECTION}' section is replaced by the results table")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker_inputs", help=argparse.SUPPRESS)
+    parser.add_argument("--save", help=argparse.SUPPRESS)
     return parser
 
 

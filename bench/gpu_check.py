@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Check and time the CUDA paths on one device")
-    parser.add_argument("--device", type=str, default="cuda", help="cuda, cuda:N or cpu (cpu: a dry run)")
+    parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (cpu: a dry run)")
     parser.add_argument("--width_mult", type=cli.width_mult, default=1.0, help="network width (1/8 for a dry run)")
     parser.add_argument("--batch_cls", type=cli.positive_int, default=16, help="train_cls_ser batch (reference: 16)")
     parser.add_argument("--batch_aff", type=cli.positive_int, default=8, help="train_aff batch (reference: 8)")
@@ -63,8 +63,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--infer_images", type=cli.positive_int, default=16, help="images for infer_cls_ser")
     parser.add_argument("--rw_grids", nargs="+", default=["47x63", "94x125"], help="random-walk grids HxW")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a dry run: batch 2, crop 72, 2 images")
-    parser.add_argument("--results", type=str, default=str(RESULTS), help=f"markdown file; its '{SECTION}' section")
-    parser.add_argument("--work_dir", type=str, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--results", default=str(RESULTS), help=f"markdown file; its '{SECTION}' section")
+    parser.add_argument("--work_dir", help="scratch folder (default: a temporary one)")
     return parser
 
 

@@ -8,6 +8,7 @@ script are parameters.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from tool import cli
 
@@ -21,13 +22,13 @@ def add_network_flags(
     width_help: str = "channel width multiplier the weights were trained with",
 ) -> None:
     """``--network`` (a module of :mod:`network`, dotted name) and ``--width_mult``."""
-    parser.add_argument("--network", type=str, default=default, help=network_help)
+    parser.add_argument("--network", default=default, help=network_help)
     parser.add_argument("--width_mult", type=cli.width_mult, default=1.0, help=width_help)
 
 
 def add_weights_flag(parser: argparse.ArgumentParser, help: str, required: bool = True) -> None:
     """``--weights``: the file the network loads (required for inference, an init for training)."""
-    parser.add_argument("--weights", type=str, required=required, default=None, help=help)
+    parser.add_argument("--weights", required=required, help=help)
 
 
 def add_data_flags(
@@ -39,12 +40,12 @@ def add_data_flags(
 ) -> None:
     """``--voc12_root`` and, when ``list_flag`` is given (e.g. ``--infer_list``), the image list flag."""
     if list_flag:
-        parser.add_argument(list_flag, type=str, default=list_default, help=list_help)
-    parser.add_argument("--voc12_root", type=str, default="VOC2012", help=root_help)
+        parser.add_argument(list_flag, default=list_default, help=list_help)
+    parser.add_argument("--voc12_root", default="VOC2012", help=root_help)
 
 
 def add_cls_labels_flag(parser: argparse.ArgumentParser, help: str = "image-level label cache (.npz)") -> None:
-    parser.add_argument("--cls_labels", type=str, default="voc12/cls_labels.npz", help=help)
+    parser.add_argument("--cls_labels", default="voc12/cls_labels.npz", help=help)
 
 
 def add_num_workers_flag(
@@ -55,6 +56,26 @@ def add_num_workers_flag(
     """``--num_workers``; ``default`` None = 8 capped at the usable CPUs (:func:`tool.cli.default_workers`)."""
     default = cli.default_workers(8) if default is None else default
     parser.add_argument("--num_workers", type=cli.worker_count, default=default, help=help)
+
+
+def add_scales_flag(parser: argparse.ArgumentParser, default: tuple[float, ...], help: str) -> None:
+    """``--scales``: the input scales of a multi-scale inference (``help`` says what is done with them)."""
+    parser.add_argument(
+        "--scales",
+        type=cli.float_range(0, 4, lo_open=True),
+        nargs="+",
+        default=list(default),
+        help=f"input scales in (0, 4], {help}",
+    )
+
+
+def add_range_flag(
+    parser: argparse.ArgumentParser, flag: str, value_type: Callable[[str], float], default: tuple, help: str
+) -> None:
+    """A flag of two values ``LOW HIGH`` with LOW <= HIGH (checked by :class:`tool.cli.OrderedPair`)."""
+    parser.add_argument(
+        flag, type=value_type, nargs=2, default=default, metavar=("LOW", "HIGH"), action=cli.OrderedPair, help=help
+    )
 
 
 def add_overwrite_flag(
@@ -70,9 +91,7 @@ def add_allow_pickle_flag(parser: argparse.ArgumentParser, what: str) -> None:
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
     """``--device`` and ``--amp`` (the AMP rule itself: :func:`tool.torchutils.autocast`)."""
-    parser.add_argument(
-        "--device", type=str, default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)"
-    )
+    parser.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument(
         "--amp", action="store_true", help="CUDA mixed precision (torch.autocast float16); off = the reference"
     )

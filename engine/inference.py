@@ -1,5 +1,8 @@
-"""What the inference scripts share: the images to do, model loading, the multi-scale flipped forward pass.
+"""What the inference scripts share: the run's frame, model loading, the multi-scale flipped forward pass.
 
+:func:`run_stage` is the frame of ``infer_cls_ser.py``, ``infer_aff.py`` and
+``infer_seg.py``: the script context, this rank's images minus the finished
+ones, the counts summed over ranks. The scripts supply what one image makes.
 ``infer_cls_ser.infer_cams`` and ``infer_seg.infer_probs`` differ only in what
 they do with each scale's output (docs/method.md#ssenet-inference,
 docs/method.md#segmentation); the loop over scales and flips is here.
@@ -7,6 +10,7 @@ docs/method.md#segmentation); the loop over scales and flips is here.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -14,10 +18,12 @@ from pathlib import Path
 
 import torch
 
+from engine.script import ScriptEnv, script_context
 from network import build_network
 from network.resnet38d import load_weights
-from tool import layout, torchutils
+from tool import cli, layout, torchutils
 from tool.fileio import remove_stale_temps
+from voc12.voc import load_img_id_list
 
 logger = logging.getLogger(__name__)
 
@@ -76,3 +82,41 @@ def log_done(stage: str, done: int, skipped: int, start: float) -> float:
         seconds / max(done, 1),
     )
     return seconds
+
+
+def run_stage(
+    args: argparse.Namespace,
+    stage: str,
+    out_dirs: list[tuple[str, str | Path]],
+    paths_of: Callable[[str], Mapping[str, Path]],
+    run_images: Callable[[list[str], list[int], ScriptEnv], int],
+    finish: Callable[[list[str], ScriptEnv], dict] | None = None,
+) -> dict:
+    """One inference script's run over ``--infer_list``, in :func:`engine.script.script_context`.
+
+    ``out_dirs`` are the (flag, folder) pairs written to, checked before any work;
+    ``paths_of(id)`` are an image's output files (:mod:`tool.layout`);
+    ``run_images(ids, todo, env)`` makes the files of ``ids[i]`` for ``i`` in ``todo``
+    (this rank's unfinished images) and returns how many it did. A repeated id in the list is done once.
+    ``finish(ids, env)``, when given, runs on every rank once all ranks are done; the other ranks wait for
+    rank 0's. Returns the counts over all ranks, the seconds and what ``finish`` returned.
+    """
+    start = time.perf_counter()
+    with script_context(args) as env:
+        ids = load_img_id_list(args.infer_list, duplicates="warn")
+        for flag, folder in out_dirs:
+            cli.check_output_dir(folder, flag)
+        todo, skipped = images_to_do(ids, paths_of, args.overwrite)
+        done = run_images(ids, todo, env) if todo else 0
+        done, skipped = torchutils.sum_over_ranks([done, skipped])  # also waits for every rank to finish
+        summary = {
+            "images": len(ids),
+            "done": done,
+            "skipped": skipped,
+            "seconds": log_done(stage, done, skipped, start),
+        }
+        if finish is not None:
+            summary.update(finish(ids, env))
+            if torchutils.is_distributed():
+                torch.distributed.barrier()
+    return summary

@@ -33,7 +33,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,46 +54,60 @@ from tool.fileio import atomic_path, remove_stale_temps
 logger = logging.getLogger(__name__)
 
 
-def add_training_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
-    """The flags the training scripts share; ``defaults`` holds the script's reference values.
+def add_training_args(
+    parser: argparse.ArgumentParser,
+    network: str,
+    *,
+    batch_size: int,
+    max_epoches: int,
+    lr: float = 0.01,
+    momentum: float | None = None,
+    crop_size: int = 448,
+    min_crop: int = 8,
+    min_crop_reason: str = "",
+) -> None:
+    """The flags the training scripts share, with the script's reference values as defaults.
 
-    Required keys: ``batch_size``, ``max_epoches``, ``network``, ``session_name``; optional:
-    ``lr`` (0.01), ``momentum`` (None = the reference quirk), ``crop_size`` (448),
-    ``min_crop`` (8) with ``min_crop_reason``.
+    ``network`` is the default ``--network``; its module name is the default
+    ``--session_name``. ``momentum`` None is the reference quirk (SGD momentum
+    equal to the weight decay). ``--crop_size`` is checked against
+    ``min_crop``, and its error gives ``min_crop_reason``.
     """
-    _add_optimizer_args(parser, defaults)
+    _add_optimizer_args(parser, network, batch_size, max_epoches, lr, momentum)
     _add_init_args(parser)
-    _add_run_args(parser, defaults)
+    _add_run_args(parser, network.rpartition(".")[2], crop_size, min_crop, min_crop_reason)
 
 
-def _add_optimizer_args(parser: argparse.ArgumentParser, d: dict) -> None:
+def _add_optimizer_args(
+    parser: argparse.ArgumentParser, network: str, batch_size: int, max_epoches: int, lr: float, momentum: float | None
+) -> None:
     """Batch, schedule, network and optimiser flags."""
     parser.add_argument(
-        "--batch_size", type=cli.positive_int, default=d["batch_size"], help="total batch over all devices (>= 1)"
+        "--batch_size", type=cli.positive_int, default=batch_size, help="total batch over all devices (>= 1)"
     )
     parser.add_argument(
-        "--max_epoches", type=cli.positive_int, default=d["max_epoches"], help="epochs (reference spelling, >= 1)"
+        "--max_epoches", type=cli.positive_int, default=max_epoches, help="epochs (reference spelling, >= 1)"
     )
-    flags.add_network_flags(parser, d["network"], width_help="channel width multiplier in (0, 4] (1/8 for CPU demos)")
+    flags.add_network_flags(parser, network, width_help="channel width multiplier in (0, 4] (1/8 for CPU demos)")
     parser.add_argument(
         "--lr",
         type=cli.float_range(0, 10, lo_open=True),
-        default=d.get("lr", 0.01),
-        help=f"base learning rate in (0, 10] (new layers get 10x; default {d.get('lr', 0.01)})",
+        default=lr,
+        help=f"base learning rate in (0, 10] (new layers get 10x; default {lr})",
     )
     flags.add_num_workers_flag(parser)
     parser.add_argument("--wt_dec", type=cli.float_range(0, 1), default=5e-4, help="weight decay in [0, 1]")
     momentum_default = (
         "default: equal to --wt_dec, the reference's positional-argument quirk (0.9 fixes it)"
-        if d.get("momentum") is None
-        else f"default {d['momentum']}"
+        if momentum is None
+        else f"default {momentum}"
     )
     parser.add_argument(
         "--sgd_momentum",
         "--momentum",
         dest="momentum",
         type=cli.float_range(0, 1, hi_open=True),
-        default=d.get("momentum"),
+        default=momentum,
         help=f"SGD momentum in [0, 1) (not the poly power); {momentum_default}",
     )
     parser.add_argument(
@@ -107,9 +121,7 @@ def _add_optimizer_args(parser: argparse.ArgumentParser, d: dict) -> None:
 def _add_init_args(parser: argparse.ArgumentParser) -> None:
     """Where the weights start: ``--weights`` or ``--from_scratch`` with its BatchNorm calibration."""
     flags.add_weights_flag(
-        parser,
-        "init weights: MXNet .params (ResNet38), Caffe .caffemodel (VGG16) or a .pth state dict",
-        required=False,
+        parser, "init weights: MXNet .params (ResNet38), Caffe .caffemodel (VGG16) or a .pth state dict", required=False
     )
     parser.add_argument(
         "--from_scratch",
@@ -131,67 +143,98 @@ def _add_init_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_run_args(parser: argparse.ArgumentParser, d: dict) -> None:
+def _add_run_args(
+    parser: argparse.ArgumentParser, session_name: str, crop_size: int, min_crop: int, min_crop_reason: str
+) -> None:
     """Data, outputs, device, seed and the run's length and logging."""
-    parser.add_argument("--train_list", type=str, default="voc12/train_aug.txt", help="list of training images")
-    parser.add_argument("--session_name", type=str, default=d["session_name"], help="output path prefix")
-    min_crop = d.get("min_crop", 8)
-    crop_default = d.get("crop_size", 448)
+    parser.add_argument("--train_list", default="voc12/train_aug.txt", help="list of training images")
+    parser.add_argument("--session_name", default=session_name, help="output path prefix")
     parser.add_argument(
         "--crop_size",
-        type=cli.int_range(min_crop, 4096, why=d.get("min_crop_reason", "")),
-        default=crop_default,
-        help=f"random crop side, pixels, {min_crop}..4096 (default {crop_default})",
+        type=cli.int_range(min_crop, 4096, why=min_crop_reason),
+        default=crop_size,
+        help=f"random crop side, pixels, {min_crop}..4096 (default {crop_size})",
     )
     flags.add_data_flags(parser, root_help="VOC2012 devkit folder")
-    parser.add_argument("--tblog_dir", type=str, default="./log", help="TensorBoard folder ('' disables)")
+    parser.add_argument("--tblog_dir", default="./log", help="TensorBoard folder ('' disables)")
     flags.add_device_flags(parser)
     parser.add_argument("--seed", type=cli.int_range(0, 2**31 - 1), default=1, help="random seed (reference: 1)")
     parser.add_argument(
         "--accum_steps", type=cli.positive_int, default=1, help="split each batch into this many micro-batches"
     )
     parser.add_argument(
-        "--resume",
-        type=str,
-        default=None,
-        help="checkpoint to resume from (default: <session_name>_checkpoint.pth when it exists)",
+        "--resume", help="checkpoint to resume from (default: <session_name>_checkpoint.pth when it exists)"
     )
     flags.add_overwrite_flag(parser, "start afresh even if outputs exist")
-    parser.add_argument("--max_steps", type=cli.positive_int, default=None, help="stop after this many optimiser steps")
+    parser.add_argument("--max_steps", type=cli.positive_int, help="stop after this many optimiser steps")
     parser.add_argument("--print_freq", type=cli.positive_int, default=10, help="log every N steps")
     parser.add_argument("--vis_freq", type=cli.positive_int, default=100, help="TensorBoard images every N steps")
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """The flags of :func:`add_training_args`, the ones the driver reads, by the same names."""
+
+    network: str
+    width_mult: float
+    weights: str | None
+    from_scratch: bool
+    dropout_scale: float
+    bn_calib_batches: int
+    batch_size: int
+    max_epoches: int
+    accum_steps: int
+    max_steps: int | None
+    lr: float
+    wt_dec: float
+    momentum: float | None
+    optimizer: str
+    seed: int
+    num_workers: int
+    amp: bool
+    session_name: str
+    resume: str | None
+    overwrite: bool
+    tblog_dir: str
+    print_freq: int
+    vis_freq: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainConfig:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
 def build_model(args: argparse.Namespace) -> torch.nn.Module:
-    """``--network`` module's ``Net`` at ``--width_mult``, initialised from ``--weights``."""
+    """``--network`` module's ``Net`` at ``--width_mult``, initialised from ``--weights`` (flags of ``args``)."""
+    cfg = TrainConfig.from_args(args)
     # Seeded here so that --seed fixes the new layers' random init, whatever ran before in this process.
-    torchutils.seed_everything(args.seed)
-    model = build_network(args.network, args.width_mult)
-    if args.weights:
-        load_weights(model, args.weights, allow_missing_head=True)
-    elif args.from_scratch:
+    torchutils.seed_everything(cfg.seed)
+    model = build_network(cfg.network, cfg.width_mult)
+    if cfg.weights:
+        load_weights(model, cfg.weights, allow_missing_head=True)
+    elif cfg.from_scratch:
         model.init_backbone_from_scratch()
     else:
         raise SystemExit(
             "--weights is required (ImageNet ResNet38 .params, VGG16 .caffemodel or a .pth); "
             "--from_scratch trains without"
         )
-    if args.dropout_scale != 1.0:
+    if cfg.dropout_scale != 1.0:
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout2d):
-                m.p *= args.dropout_scale
+                m.p *= cfg.dropout_scale
     return model
 
 
-def calibrate_batchnorm(model, dataset, loss_fn, device, args) -> None:
+def calibrate_batchnorm(model, dataset, loss_fn, device, cfg: TrainConfig) -> None:
     """From scratch only: estimate the frozen BatchNorm statistics on ``--bn_calib_batches`` batches."""
-    g = torch.Generator().manual_seed(args.seed)
-    n_images = min(len(dataset), args.bn_calib_batches * args.batch_size)
+    g = torch.Generator().manual_seed(cfg.seed)
+    n_images = min(len(dataset), cfg.bn_calib_batches * cfg.batch_size)
     indices = torch.randperm(len(dataset), generator=g)[:n_images].tolist()
     loader = DataLoader(
         torch.utils.data.Subset(dataset, indices),
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
         worker_init_fn=torchutils.seed_worker,
         generator=g,
     )
@@ -217,8 +260,8 @@ class _EpochSampler(Sampler):
         return len(self.indices)
 
 
-def _paths(args) -> dict[str, Path]:
-    prefix = Path(args.session_name)
+def _paths(session_name: str) -> dict[str, Path]:
+    prefix = Path(session_name)
     return {
         "final": prefix.with_name(prefix.name + ".pth"),
         "checkpoint": prefix.with_name(prefix.name + "_checkpoint.pth"),
@@ -242,7 +285,8 @@ def _micro_batches(batch, n: int):
 class _Run:
     """What one training run's helpers share: the model (plain and wrapped), optimiser, scaler and schedule."""
 
-    args: argparse.Namespace
+    cfg: TrainConfig
+    script_flags: dict  # every flag of the script, stored in the checkpoints
     env: ScriptEnv
     model: torch.nn.Module
     ddp_model: torch.nn.Module
@@ -262,38 +306,46 @@ def train(
     val_fn: Callable | None = None,
     vis_fn: Callable | None = None,
 ) -> dict:
-    """Train ``model`` on ``dataset``; returns a summary dict. See the module docstring."""
-    paths = _paths(args)
+    """Train ``model`` on ``dataset``; returns a summary dict. See the module docstring.
+
+    ``args`` holds the flags of :func:`add_training_args` (read here as a :class:`TrainConfig`) and the
+    script's own, which are logged and stored in the checkpoints.
+    """
+    cfg = TrainConfig.from_args(args)
+    paths = _paths(cfg.session_name)
     with script_context(args, paths["log"]) as env:
-        return _train(args, env, paths, model, dataset, loss_fn, val_fn, vis_fn)
+        return _train(cfg, vars(args), env, paths, model, dataset, loss_fn, val_fn, vis_fn)
 
 
-def _train(args, env: ScriptEnv, paths, model, dataset, loss_fn, val_fn, vis_fn) -> dict:
+def _train(
+    cfg: TrainConfig, script_flags: dict, env: ScriptEnv, paths, model, dataset, loss_fn, val_fn, vis_fn
+) -> dict:
     world, device = env.world, env.device
-    if args.batch_size % (world * args.accum_steps):
-        raise SystemExit(f"--batch_size {args.batch_size} must be a multiple of world size x --accum_steps")
-    steps_per_epoch = len(dataset) // args.batch_size
+    if cfg.batch_size % (world * cfg.accum_steps):
+        raise SystemExit(f"--batch_size {cfg.batch_size} must be a multiple of world size x --accum_steps")
+    steps_per_epoch = len(dataset) // cfg.batch_size
     if steps_per_epoch == 0:
-        raise SystemExit(f"{len(dataset)} training images are fewer than --batch_size {args.batch_size}")
-    max_step = steps_per_epoch * args.max_epoches
+        raise SystemExit(f"{len(dataset)} training images are fewer than --batch_size {cfg.batch_size}")
+    max_step = steps_per_epoch * cfg.max_epoches
 
     model.to(device)
-    optimizer = torchutils.make_optimizer(model, args.lr, args.wt_dec, max_step, args.momentum, args.optimizer)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
-    start_step, resume_rng = resume_or_start(args, paths, model, optimizer, scaler, env.is_main, max_step)
+    optimizer = torchutils.make_optimizer(model, cfg.lr, cfg.wt_dec, max_step, cfg.momentum, cfg.optimizer)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+    start_step, resume_rng = resume_or_start(cfg, paths, model, optimizer, scaler, env.is_main, max_step)
     if start_step is None:
         start_step = 0
-        if args.from_scratch and not args.weights and args.bn_calib_batches > 0:
-            calibrate_batchnorm(model, dataset, loss_fn, device, args)  # before DDP, which broadcasts rank 0's
+        if cfg.from_scratch and not cfg.weights and cfg.bn_calib_batches > 0:
+            calibrate_batchnorm(model, dataset, loss_fn, device, cfg)  # before DDP, which broadcasts rank 0's
 
     ddp_model = torchutils.wrap_model(model, device)
     ddp_model.train()
     writer = None
-    if env.is_main and args.tblog_dir:
-        writer = SummaryWriter(args.tblog_dir)
-    stop_step = max_step if args.max_steps is None else min(max_step, args.max_steps)
+    if env.is_main and cfg.tblog_dir:
+        writer = SummaryWriter(cfg.tblog_dir)
+    stop_step = max_step if cfg.max_steps is None else min(max_step, cfg.max_steps)
+    per_rank = cfg.batch_size // world
     run = _Run(
-        args, env, model, ddp_model, optimizer, scaler, writer, args.batch_size // world, steps_per_epoch, stop_step
+        cfg, script_flags, env, model, ddp_model, optimizer, scaler, writer, per_rank, steps_per_epoch, stop_step
     )
     step = start_step
     history = []
@@ -317,16 +369,18 @@ def _train(args, env: ScriptEnv, paths, model, dataset, loss_fn, val_fn, vis_fn)
     return {"step": step, "max_step": max_step, "history": history, "final": str(paths["final"])}
 
 
-def resume_or_start(args, paths, model, optimizer, scaler, main: bool, max_step: int) -> tuple[int | None, Any]:
+def resume_or_start(
+    cfg: TrainConfig, paths, model, optimizer, scaler, main: bool, max_step: int
+) -> tuple[int | None, Any]:
     """Load ``--resume`` (or the session's checkpoint) into the model, optimiser and scaler; clean up.
 
     Returns the step and RNG state to resume at (the state only mid-epoch), or ``(None, None)`` for a fresh run.
     """
-    resume = args.resume
+    resume = cfg.resume
     # A finished run keeps its checkpoint too, so the final file is checked first.
-    if resume is None and paths["final"].exists() and not args.overwrite:
+    if resume is None and paths["final"].exists() and not cfg.overwrite:
         raise SystemExit(f"{paths['final']} exists; pass --overwrite to train again")
-    if resume is None and paths["checkpoint"].exists() and not args.overwrite:
+    if resume is None and paths["checkpoint"].exists() and not cfg.overwrite:
         resume = paths["checkpoint"]
         logger.info("found %s: resuming (pass --overwrite to start afresh)", resume)
     if main:
@@ -355,32 +409,32 @@ def resume_or_start(args, paths, model, optimizer, scaler, main: bool, max_step:
 
 def _epoch_loader(run: _Run, dataset: Dataset, epoch: int, offset: int, resume_rng) -> DataLoader:
     """This rank's batches of ``epoch`` from batch ``offset`` on, with the epoch's seeds set."""
-    args, rank, world = run.args, run.env.rank, run.env.world
+    cfg, rank, world = run.cfg, run.env.rank, run.env.world
     # Every epoch's randomness derives from (seed, epoch, rank) only: exact resumption.
-    torchutils.seed_everything(args.seed + 1000 * epoch + rank)
+    torchutils.seed_everything(cfg.seed + 1000 * epoch + rank)
     if offset and resume_rng is not None:
         torchutils.set_rng_state(resume_rng)  # continue the stopped epoch's random stream
     # Only the batches this run trains: fetching one more would spend its augmentation draws
     # before the checkpoint records the RNG state, and a resumed run would then differ.
     end = min(run.steps_per_epoch, run.stop_step - epoch * run.steps_per_epoch)
     per_rank = run.per_rank
-    sampler = _EpochSampler(len(dataset), args.seed, epoch, rank, world, offset * per_rank, end * per_rank)
+    sampler = _EpochSampler(len(dataset), cfg.seed, epoch, rank, world, offset * per_rank, end * per_rank)
     return DataLoader(
         dataset,
         batch_size=per_rank,
         sampler=sampler,
-        num_workers=args.num_workers,
+        num_workers=cfg.num_workers,
         drop_last=True,
         pin_memory=run.env.device.type == "cuda",
         worker_init_fn=torchutils.seed_worker,
-        generator=torch.Generator().manual_seed(args.seed * 7919 + epoch * 31 + rank),
+        generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + rank),
         persistent_workers=False,
     )
 
 
 def train_one_epoch(run: _Run, loader, loss_fn, vis_fn, epoch: int, offset: int, step: int):
     """Optimiser steps over ``loader`` until the epoch or the run ends; returns the step and the meters."""
-    args, steps_per_epoch = run.args, run.steps_per_epoch
+    cfg, steps_per_epoch = run.cfg, run.steps_per_epoch
     meters: dict[str, pyutils.SmoothedValue] = defaultdict(pyutils.SmoothedValue)
     bar = tqdm(total=steps_per_epoch, initial=offset, desc=f"epoch {epoch}", disable=not run.env.is_main, leave=False)
     for batch in loader:
@@ -389,11 +443,11 @@ def train_one_epoch(run: _Run, loader, loss_fn, vis_fn, epoch: int, offset: int,
         t0 = time.time()
         vis = train_step(run, batch, loss_fn, meters, step)
         step += 1
-        meters["imps"].update(args.batch_size / (time.time() - t0))
+        meters["imps"].update(cfg.batch_size / (time.time() - t0))
         bar.update(1)
-        if run.env.is_main and step % args.print_freq == 0:
+        if run.env.is_main and step % cfg.print_freq == 0:
             _log_step(run, meters, step)
-        if run.writer is not None and vis_fn is not None and vis is not None and step % args.vis_freq == 0:
+        if run.writer is not None and vis_fn is not None and vis is not None and step % cfg.vis_freq == 0:
             vis_fn(run.writer, vis, step)
     bar.close()
     return step, meters
@@ -402,12 +456,12 @@ def train_one_epoch(run: _Run, loader, loss_fn, vis_fn, epoch: int, offset: int,
 def train_step(run: _Run, batch, loss_fn, meters: dict, step: int):
     """One optimiser step on ``batch`` (in ``--accum_steps`` micro-batches); returns the last ``vis``."""
     vis = None
-    chunks = _micro_batches(batch, run.args.accum_steps)
+    chunks = _micro_batches(batch, run.cfg.accum_steps)
     for i, chunk in enumerate(chunks):
         last = i == len(chunks) - 1
         sync = run.ddp_model.no_sync() if (run.env.world > 1 and not last) else contextlib.nullcontext()
         with sync:
-            with torchutils.autocast(run.env.device, run.args.amp):
+            with torchutils.autocast(run.env.device, run.cfg.amp):
                 loss, scalars, vis = loss_fn(run.ddp_model, chunk, run.env.device)
             run.scaler.scale(loss / len(chunks)).backward()
         for k, v in scalars.items():
@@ -421,7 +475,7 @@ def train_step(run: _Run, batch, loss_fn, meters: dict, step: int):
 
 
 def _log_step(run: _Run, meters: dict, step: int) -> None:
-    eta = (run.stop_step - step) * run.args.batch_size / max(meters["imps"].avg, 1e-9)
+    eta = (run.stop_step - step) * run.cfg.batch_size / max(meters["imps"].avg, 1e-9)
     lr = run.optimizer.param_groups[0]["lr"]
     losses = " ".join(f"{k} {m.avg:.4f}" for k, m in meters.items() if k != "imps")
     logger.info(
@@ -459,7 +513,7 @@ def end_epoch(run: _Run, paths: dict, stats: dict, val_fn) -> None:
             "epoch": epoch,
             "epoch_done": epoch_done,
             "rng": torchutils.rng_state(),
-            "args": vars(run.args),
+            "args": run.script_flags,
         }
         torchutils.save_atomic(checkpoint, paths["checkpoint"])
         with atomic_path(paths["jsonl"]) as tmp:

@@ -588,7 +588,7 @@ CASES: dict[str, Callable] = {
     "train_flag_resize_order": lambda w, t: (
         train_cls_ser,
         train_args(w, t, "--resize_long", "768", "448"),
-        ["--resize_long", "MIN <= MAX"],
+        ["--resize_long", "LOW <= HIGH"],
     ),
     "train_flag_branch_rate": lambda w, t: (
         train_cls_ser,
@@ -690,7 +690,7 @@ CASES: dict[str, Callable] = {
     "train_seg_flag_scale_range": lambda w, t: (
         train_seg,
         seg_train_args(w, t, "--scale_range", "1.5", "0.5"),
-        ["--scale_range", "MIN <= MAX"],
+        ["--scale_range", "LOW <= HIGH"],
     ),
     "train_seg_duplicate_list": lambda w, t: (
         train_seg,

@@ -105,7 +105,7 @@ def test_frozen_layers_and_train_mode():
     model = vgg16_cls_ser.Net(width_mult=SMALL)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {f"conv{b}_{i}.{k}" for b in (1, 2) for i in (1, 2) for k in ("weight", "bias")}
-    assert model.train() is model and model.training and model.drop7.training
+    assert model.train() is model and model.training and model.dropout7.training
     assert model.eval() is model and not model.training
 
 

@@ -8,7 +8,6 @@ ImageNet file, ``name<TAB>d0,d1,...``). The full file is 437 MB, so a complete f
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import struct
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import train_cls_ser
 from engine import training
 from network import resnet38_aff, resnet38_cls_ser
 from network.resnet38d import convert_mxnet_to_torch, load_weights, mxnet_to_torch_name
@@ -242,14 +242,7 @@ def test_load_training_checkpoint(trained_cls, tmp_path):
 
 def test_build_model_loads_weights(trained_cls, tmp_path):
     path = save(trained_cls, tmp_path / "ours.pth")
-    args = argparse.Namespace(
-        network="network.resnet38_cls_ser",
-        width_mult=SMALL,
-        weights=str(path),
-        from_scratch=False,
-        seed=1,
-        dropout_scale=1.0,
-    )
+    args = train_cls_ser.get_args_parser().parse_args(["--width_mult", str(SMALL), "--weights", str(path)])
     assert_loaded(training.build_model(args), trained_cls)
 
 

@@ -54,30 +54,22 @@ def _bounds_text(lo: float | None, hi: float | None, lo_open: bool, hi_open: boo
 
 def int_range(lo: int | None = None, hi: int | None = None, why: str = "") -> Callable[[str], int]:
     """``type=`` for an integer flag in [lo, hi]; ``why`` is appended to the error (e.g. the reason for a bound)."""
-    expected = f"an integer {_bounds_text(lo, hi, False, False)}" + (f" ({why})" if why else "")
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
-        return value
-
-    parse.__name__ = "int"
-    return parse
+    return _number_type(int, "an integer", lo, hi, False, False, why)
 
 
 def float_range(
     lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False, why: str = ""
 ) -> Callable[[str], float]:
     """``type=`` for a finite float flag between ``lo`` and ``hi`` (open ends with ``lo_open`` / ``hi_open``)."""
-    expected = f"a finite number {_bounds_text(lo, hi, lo_open, hi_open)}" + (f" ({why})" if why else "")
+    return _number_type(float, "a finite number", lo, hi, lo_open, hi_open, why)
 
-    def parse(text: str) -> float:
+
+def _number_type(convert, noun: str, lo, hi, lo_open: bool, hi_open: bool, why: str) -> Callable[[str], float]:
+    expected = f"{noun} {_bounds_text(lo, hi, lo_open, hi_open)}" + (f" ({why})" if why else "")
+
+    def parse(text: str):
         try:
-            value = float(text)
+            value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
         too_low = lo is not None and (value <= lo if lo_open else value < lo)
@@ -86,7 +78,7 @@ def float_range(
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
         return value
 
-    parse.__name__ = "float"
+    parse.__name__ = convert.__name__  # argparse names the type in some messages
     return parse
 
 
@@ -119,11 +111,11 @@ def width_mult(text: str) -> float:
 
 
 class OrderedPair(argparse.Action):
-    """``nargs=2`` action that requires MIN <= MAX, e.g. ``--resize_long 448 768``."""
+    """``nargs=2`` action that requires LOW <= HIGH, e.g. ``--resize_long 448 768``."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         if values[0] > values[1]:
-            parser.error(f"argument {option_string}: expected MIN <= MAX, got {values[0]} {values[1]}")
+            parser.error(f"argument {option_string}: expected LOW <= HIGH, got {values[0]} {values[1]}")
         setattr(namespace, self.dest, tuple(values))
 
 

@@ -26,10 +26,7 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.nd
 
 
 def cam_panel(
-    image_chw: np.ndarray,
-    cams: np.ndarray,
-    label: np.ndarray,
-    denormalize: Callable[[np.ndarray], np.ndarray],
+    image_chw: np.ndarray, cams: np.ndarray, label: np.ndarray, denormalize: Callable[[np.ndarray], np.ndarray]
 ) -> np.ndarray:
     """One image (normalised, (3, H, W)) beside the overlays of its present classes -> (3, H, k*W) uint8.
 

@@ -102,11 +102,7 @@ class TrainClsTransform:
     """
 
     def __init__(
-        self,
-        resize_long: tuple[int, int] = (448, 768),
-        crop_size: int = 448,
-        *,
-        normalize: imutils.Normalizer,
+        self, resize_long: tuple[int, int] = (448, 768), crop_size: int = 448, *, normalize: imutils.Normalizer
     ) -> None:
         self.resize_long = resize_long
         self.crop_size = crop_size

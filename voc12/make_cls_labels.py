@@ -231,16 +231,14 @@ def write_lists(list_dir: str | os.PathLike, lists: dict[str, list[str]], overwr
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write VOC image lists and image-level class labels (.npz).")
-    parser.add_argument("--voc12_root", type=str, required=True, help="VOC2012 devkit folder (JPEGImages, ...)")
+    parser.add_argument("--voc12_root", required=True, help="VOC2012 devkit folder (JPEGImages, ...)")
     parser.add_argument(
         "--out",
-        type=str,
         default=str(VOC12_DIR / "cls_labels.npz"),
         help="label file: .npz with 'ids' and 'labels' (N, 20) (default: voc12/cls_labels.npz of this repository)",
     )
     parser.add_argument(
         "--list_dir",
-        type=str,
         default=str(VOC12_DIR),
         help="where train.txt, val.txt, train_aug.txt are written (default: voc12/ of this repository)",
     )

@@ -95,9 +95,9 @@ def sources(sbd_root: str | os.PathLike, voc12_root: str | os.PathLike) -> dict[
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="SBD cls/*.mat (+ VOC SegmentationClass) -> SegmentationClassAug/")
-    parser.add_argument("--sbd_root", type=str, required=True, help="SBD folder with cls/ (benchmark_RELEASE/dataset)")
-    parser.add_argument("--voc12_root", type=str, default="VOC2012", help="VOC2012 devkit folder (output goes here)")
-    parser.add_argument("--list_dir", type=str, default="voc12", help="where train_aug.txt is written")
+    parser.add_argument("--sbd_root", required=True, help="SBD folder with cls/ (benchmark_RELEASE/dataset)")
+    parser.add_argument("--voc12_root", default="VOC2012", help="VOC2012 devkit folder (output goes here)")
+    parser.add_argument("--list_dir", default="voc12", help="where train_aug.txt is written")
     parser.add_argument("--overwrite", action="store_true", help="rewrite existing PNGs and a different train_aug.txt")
     return parser
 

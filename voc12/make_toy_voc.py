@@ -429,7 +429,7 @@ EXTENT = cli.float_range(0, 1, lo_open=True)
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write a synthetic dataset in the PASCAL VOC 2012 layout.")
-    parser.add_argument("--out", type=str, required=True, help="output folder (the --voc12_root of later stages)")
+    parser.add_argument("--out", required=True, help="output folder (the --voc12_root of later stages)")
     parser.add_argument(
         "--num_train", type=cli.positive_int, default=100, help="images in ImageSets/Segmentation/train.txt"
     )
