@@ -21,7 +21,6 @@ import contextlib
 import io
 import multiprocessing
 import os
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -30,11 +29,14 @@ import numpy as np
 from PIL import Image
 
 import evaluation
-from bench.benchutils import cpu_model, write_section
+from bench.benchutils import add_results_flag, cpu_model, record, timed
 from tool.fileio import save_png, save_scores
 from voc12.voc import voc_palette
 
 HEIGHT, WIDTH = 375, 500
+
+
+SECTION = "## Evaluation"
 
 
 def random_objects(rng: np.random.Generator, num_objects: int) -> list[tuple[int, float, float, float, float]]:
@@ -130,28 +132,6 @@ def run_main(argv: list[str]) -> dict:
         return evaluation.main(args)
 
 
-def timed(repeats: int, *fns) -> list[tuple[float, float, object]]:
-    """For each of ``fns``: best-of-``repeats`` wall seconds, the CPU seconds of that run (this
-    process and its finished children, e.g. pool workers) and the result. The functions take
-    turns, so a burst of load from other jobs hits them alike."""
-    best: list = [None] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            cpu_start, children_start = time.process_time(), _children_cpu()
-            start = time.perf_counter()
-            out = fn()
-            wall = time.perf_counter() - start
-            cpu = time.process_time() - cpu_start + _children_cpu() - children_start
-            if best[i] is None or wall < best[i][0]:
-                best[i] = (wall, cpu, out)
-    return best
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _spin(n: int) -> int:
     total = 0
     for i in range(n):
@@ -177,7 +157,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_images", type=int, default=1464, help="PNG pairs (VOC train has 1,464)")
     parser.add_argument("--num_cams", type=int, default=200, help="CAM .npz files for the curve")
     parser.add_argument("--repeats", type=int, default=5, help="best-of repeats for the fast timings")
-    parser.add_argument("--results", type=Path, help="add/replace '## Evaluation' in this markdown file")
+    add_results_flag(parser, SECTION)
     return parser
 
 
@@ -235,8 +215,7 @@ def main() -> None:
             "(an estimate, not a measurement).",
         ]
     print("\n" + "\n".join(lines))
-    if cli.results:
-        write_section(cli.results, "## Evaluation", "\n".join(lines))
+    record(cli.results, SECTION, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -16,15 +16,14 @@ numbers, the one-thread row isolates batching, resizing and CRF overlap.
 
 The two sets of outputs are checked to agree before the timings are printed.
 
-Usage: ``python -m bench.bench_infer_cls [--num_images 10] [--size 256] [--record]``;
-``--record`` writes the table into the "## CAM inference" section of bench/RESULTS.md.
+Usage: ``python -m bench.bench_infer_cls [--num_images 10] [--size 256] [--results bench/RESULTS.md]``;
+``--results`` writes the table into that file's "## CAM inference" section.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import tempfile
 import time
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import infer_cls_ser
-from bench.benchutils import cpu_model, write_section
+from bench.benchutils import add_results_flag, cpu_model, record, timed
 from network.resnet38_cls_ser import Net
 from tool import layout
 from tool.crf import crf_scores_with_alpha
@@ -47,7 +46,6 @@ from voc12.make_toy_voc import make_toy_voc
 from voc12.voc import load_img_id_list, voc_palette
 
 WIDTH = 0.125
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## CAM inference"
 
 
@@ -99,18 +97,6 @@ def compare(ours: Path, ref: Path) -> float:
         assert np.array_equal(keys_ref, keys_ours), path
         worst = max(worst, float(np.abs(scores_ref - scores_ours).max()))
     return worst
-
-
-def timed(fn) -> tuple[tuple[float, float], object]:
-    """``((wall seconds, CPU seconds), fn())``; CPU counts this process and its children that have ended."""
-
-    def cpu() -> float:
-        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-    wall, cpu0 = time.perf_counter(), cpu()
-    out = fn()
-    return (time.perf_counter() - wall, cpu() - cpu0), out
 
 
 def infer_args(tmp: Path, list_path: Path, num_workers: int, out: Path, *extra: str) -> argparse.Namespace:
@@ -175,7 +161,7 @@ def main() -> None:
     parser.add_argument("--num_images", type=int, default=10, help="toy images to process")
     parser.add_argument("--size", type=int, default=256, help="long side of the toy images, px")
     parser.add_argument("--num_workers", type=int, default=1, help="DataLoader workers, both loops")
-    parser.add_argument("--record", action="store_true", help=f"write the results into {RESULTS.name}")
+    add_results_flag(parser, SECTION)
     cli = parser.parse_args()
 
     default_threads = torch.get_num_threads()
@@ -200,9 +186,11 @@ def main() -> None:
             torch.set_num_threads(threads)
             for sub in ("ours", "ref"):
                 shutil.rmtree(tmp / sub, ignore_errors=True)
-            (t_ours, cpu_ours), summary = timed(lambda: infer_cls_ser.main(ours_args))
+            ((t_ours, cpu_ours, summary),) = timed(1, lambda: infer_cls_ser.main(ours_args))
             assert summary["done"] == len(ids), summary
-            (t_ref, cpu_ref), (_, t_net, t_crf) = timed(lambda: reference_style(args_for(tmp / "ref"), tmp / "ref"))
+            ((t_ref, cpu_ref, (_, t_net, t_crf)),) = timed(
+                1, lambda: reference_style(args_for(tmp / "ref"), tmp / "ref")
+            )
             worst = compare(tmp / "ours", tmp / "ref")
             assert worst < 2e-2, f"outputs disagree by {worst}"
             rows.append((threads, t_ref, cpu_ref, t_ours, cpu_ours, t_net, t_crf, worst))
@@ -210,9 +198,7 @@ def main() -> None:
 
     text = report(rows, len(ids), cli, ours_args)
     print(text)
-    if cli.record:
-        write_section(RESULTS, SECTION, text)
-        print(f"recorded in {RESULTS}")
+    record(cli.results, SECTION, text)
 
 
 if __name__ == "__main__":

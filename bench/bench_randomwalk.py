@@ -18,7 +18,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -28,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse
+import torch
 
-from tool.fileio import atomic_write_text
-from tool.randomwalk import pair_indices
+from bench.benchutils import add_results_flag, cpu_model, record
+from tool.randomwalk import pair_indices, propagate
 
 SECTION = "## Random walk"
 
@@ -58,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="torch device for both methods")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads per case (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs")
-    parser.add_argument("--results", help=f"markdown file whose '{SECTION}' section is replaced by the results table")
+    add_results_flag(parser, SECTION)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker_inputs", help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
@@ -140,10 +140,6 @@ def peak_rss_mib() -> float:
 
 def run_worker(args: argparse.Namespace) -> None:
     """One (method, grid) case; prints one JSON line and saves the output to ``args.save``."""
-    import torch
-
-    from tool.randomwalk import propagate
-
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     with np.load(args.worker_inputs, allow_pickle=False) as inputs:
@@ -199,36 +195,13 @@ def compare(ours: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 
 def machine_line(args: argparse.Namespace) -> str:
-    import torch
-
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
+    model = cpu_model()
     device = f"{args.device} ({torch.cuda.get_device_name(args.device)})" if args.device.startswith("cuda") else "cpu"
     threads = args.threads if args.threads > 0 else torch.get_num_threads()
     return (
         f"{model} ({os.cpu_count()} CPUs), {threads} torch threads, device {device}, torch {torch.__version__}, "
         f"{datetime.date.today().isoformat()}, load average {os.getloadavg()[0]:.1f} at the end"
     )
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) the SECTION of the markdown file ``path``, leaving other sections alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + body.rstrip("\n") + "\n"
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        rest = "\n".join(lines[end:])
-        new = "\n".join(lines[:start]) + ("\n" if start else "") + body.rstrip("\n") + "\n"
-        new += ("\n" + rest + "\n") if rest else ""
-    atomic_write_text(path, new)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -278,9 +251,7 @@ def main(args: argparse.Namespace) -> None:
         "against a float64 scipy walk.\n\n" + header + "\n" + "\n".join(rows) + "\n"
     )
     print("\n" + body)
-    if args.results:
-        write_section(Path(args.results), body)
-        print(f"wrote the '{SECTION}' section of {args.results}")
+    record(args.results, SECTION, body.split("\n", 1)[1])
 
 
 if __name__ == "__main__":

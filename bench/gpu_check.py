@@ -35,7 +35,7 @@ from PIL import Image
 
 import infer_cls_ser
 from bench.bench_randomwalk import make_inputs, parse_grid
-from bench.benchutils import RESULTS, cpu_model, write_section
+from bench.benchutils import RESULTS, add_results_flag, cpu_model, record
 from network import resnet38_aff, resnet38_cls_ser
 from tool import cli, torchutils
 from tool.randomwalk import propagate
@@ -63,7 +63,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--infer_images", type=cli.positive_int, default=16, help="images for infer_cls_ser")
     parser.add_argument("--rw_grids", nargs="+", default=["47x63", "94x125"], help="random-walk grids HxW")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a dry run: batch 2, crop 72, 2 images")
-    parser.add_argument("--results", default=str(RESULTS), help=f"markdown file; its '{SECTION}' section")
+    add_results_flag(parser, SECTION, RESULTS)
     parser.add_argument("--work_dir", help="scratch folder (default: a temporary one)")
     return parser
 
@@ -391,7 +391,7 @@ def main(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     )
     text = report(results, args)
     print(text)
-    write_section(Path(args.results), SECTION, text)
+    record(args.results, SECTION, text)
     print(json.dumps({k: v for k, v in results.items() if k != "argv"}, default=str))
     if work_holder is not None:
         work_holder.cleanup()

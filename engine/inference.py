@@ -63,10 +63,10 @@ def images_to_do(
         logger.info(
             "%d of %d images already have every output; skipping them (--overwrite redoes them)", skipped, len(mine)
         )
-    folders = {p.parent for p in paths_of(ids[0]).values()}
-    removed = remove_stale_temps(folders, {ids[i] for i in todo})
-    if removed:
-        logger.info("removed %d temporary files left by an interrupted run", removed)
+    if todo:
+        folders = {p.parent for p in paths_of(ids[todo[0]]).values()}
+        if removed := remove_stale_temps(folders, {ids[i] for i in todo}):
+            logger.info("removed %d temporary files left by an interrupted run", removed)
     return todo, skipped
 
 

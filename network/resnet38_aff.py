@@ -60,20 +60,6 @@ def pair_affinities(feat: torch.Tensor, radius: int = DEFAULT_RADIUS) -> torch.T
     return torch.exp(-torch.mean(torch.abs(f_to - f_from), dim=1))
 
 
-def dense_affinity_matrix(aff: torch.Tensor, h: int, w: int, radius: int = DEFAULT_RADIUS) -> torch.Tensor:
-    """One image's (n_pairs, n_from) affinities as the symmetric (h*w, h*w) matrix with a unit diagonal.
-
-    For tests and small grids only: the random walk never builds it.
-    """
-    idx_from, idx_to = pair_indices(h, w, radius)
-    rows = torch.tensor(idx_to, device=aff.device).reshape(-1)
-    cols = torch.tensor(idx_from, device=aff.device).expand(idx_to.shape[0], -1).reshape(-1)
-    dense = torch.eye(h * w, dtype=aff.dtype, device=aff.device)
-    dense[rows, cols] = aff.reshape(-1)
-    dense[cols, rows] = aff.reshape(-1)
-    return dense
-
-
 def affinity_loss(
     aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor, eps: float = 1e-5
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tool import imutils, torchutils
+from tool import imutils, mxnet_params, torchutils
 from tool.cli import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
@@ -290,8 +290,6 @@ def convert_mxnet_to_torch(path: str | Path, check_md5: bool = True) -> dict[str
     ``linear1000_*`` (the ImageNet classifier) is dropped; any other name that
     does not map raises a KeyError naming it.
     """
-    from tool import mxnet_params  # only needed for MXNet files
-
     path = Path(path)
     arrays = mxnet_params.load(path)
     if not isinstance(arrays, dict):

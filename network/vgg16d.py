@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from network.resnet38d import scaled, split_parameter_groups
+from tool.caffemodel import read_caffemodel
 
 # Caffe's VGG16 means, BGR order.
 CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
@@ -139,8 +140,6 @@ def convert_caffe_to_torch(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     further blobs ``<layer>.blob<i>``. Raises ``tool.caffemodel.CaffeModelError``
     (naming the file and byte offset) on a truncated or foreign file.
     """
-    from tool.caffemodel import read_caffemodel
-
     state_dict = {}
     for layer, blobs in read_caffemodel(path).items():
         for i, blob in enumerate(blobs):

@@ -42,3 +42,9 @@ def read_key_spec(path) -> list[tuple[str, tuple[int, ...]]]:
         name, _, shape = line.partition("\t")
         entries.append((name, tuple(int(d) for d in shape.split(",")) if shape else ()))
     return entries
+
+
+def quick_train_flags(epochs: int = 1) -> list[str]:
+    """Training-script flags for a seconds-long CPU run: batch 2, no loader workers, no TensorBoard."""
+    flags = {"--batch_size": 2, "--max_epoches": epochs, "--num_workers": 0, "--device": "cpu", "--tblog_dir": ""}
+    return [str(part) for flag_value in flags.items() for part in flag_value]

@@ -13,6 +13,7 @@ import torch
 import infer_aff
 import train_aff
 from network.resnet38_aff import Net, affinity_loss
+from tests.helpers import quick_train_flags
 from tool.fileio import load_label_png, load_scores, save_scores
 from voc12.make_toy_voc import make_toy_voc
 from voc12.voc import load_img_id_list, segmentation_path
@@ -96,21 +97,12 @@ def train_args(toy: dict, session: Path, *extra: str) -> argparse.Namespace:
             str(base / "crf_24.0"),
             "--session_name",
             str(session),
-            "--tblog_dir",
-            "",
+            *quick_train_flags(),
             "--from_scratch",
             "--width_mult",
             str(WIDTH),
             "--crop_size",
             "72",
-            "--batch_size",
-            "2",
-            "--max_epoches",
-            "1",
-            "--num_workers",
-            "0",
-            "--device",
-            "cpu",
             "--bn_calib_batches",
             "1",
             *extra,

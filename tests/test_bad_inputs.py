@@ -33,6 +33,7 @@ import train_cls_ser
 import train_seg
 from network import resnet38_aff, resnet38_cls_ser, vgg16d
 from tests.caffe_wire import caffemodel_of
+from tests.helpers import quick_train_flags
 from tool import cli, torchutils
 from tool.fileio import load_label_png, save_png, save_scores
 from voc12 import make_cls_labels, make_sbd_aug
@@ -207,16 +208,7 @@ def train_args(w, tmp, *extra, list_path=None, weights=None):
         "--resize_long",
         "48",
         "64",
-        "--batch_size",
-        "2",
-        "--max_epoches",
-        "1",
-        "--num_workers",
-        "0",
-        "--device",
-        "cpu",
-        "--tblog_dir",
-        "",
+        *quick_train_flags(),
         "--session_name",
         tmp / "sess",
         *extra,
@@ -239,16 +231,7 @@ def aff_train_args(w, tmp, *extra, la=None, weights=None):
         WIDTH,
         "--crop_size",
         "72",
-        "--batch_size",
-        "2",
-        "--max_epoches",
-        "1",
-        "--num_workers",
-        "0",
-        "--device",
-        "cpu",
-        "--tblog_dir",
-        "",
+        *quick_train_flags(),
         "--session_name",
         tmp / "sess",
         *extra,
@@ -270,16 +253,7 @@ def seg_train_args(w, tmp, *extra, label_dir=None):
         WIDTH,
         "--crop_size",
         "48",
-        "--batch_size",
-        "2",
-        "--max_epoches",
-        "1",
-        "--num_workers",
-        "0",
-        "--device",
-        "cpu",
-        "--tblog_dir",
-        "",
+        *quick_train_flags(),
         "--session_name",
         tmp / "sess",
         *extra,
@@ -848,13 +822,22 @@ def test_score_files_without_kind_still_load(world, tmp_path):
 # --------------------------------------------------------------------------- faults
 
 
+def test_saved_weights_are_the_same_bytes_whatever_the_temp_name(tmp_path):
+    # The archive inside a .pth is not named after the temporary file, so equal weights give equal files.
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    torchutils.save_atomic(state, tmp_path / "a.pth")
+    torchutils.save_atomic(state, tmp_path / "b.pth")
+    assert (tmp_path / "a.pth").read_bytes() == (tmp_path / "b.pth").read_bytes()
+    torch.testing.assert_close(torch.load(tmp_path / "a.pth", weights_only=True)["w"], state["w"])
+
+
 def test_disk_full_while_saving_a_checkpoint_keeps_the_old_one(tmp_path, monkeypatch):
     path = tmp_path / "sess_checkpoint.pth"
     torchutils.save_atomic({"step": 1}, path)
     old = path.read_bytes()
 
     def full_disk(obj, f, *args, **kwargs):
-        Path(f).write_bytes(b"partial")
+        f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)

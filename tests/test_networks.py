@@ -9,7 +9,6 @@ from torch import nn
 
 from network import resnet38_aff, resnet38_cls_ser, resnet38d
 from tests.helpers import fill_reference_weights, read_key_spec
-from tool.randomwalk import pair_indices
 
 DATA = Path(__file__).parent / "data"
 SMALL = 1 / 8
@@ -112,18 +111,6 @@ def test_pair_affinities_by_hand():
     # Two channels: the mean over channels of |difference|.
     feat2 = torch.cat([feat, torch.zeros_like(feat)], dim=1)
     torch.testing.assert_close(resnet38_aff.pair_affinities(feat2)[0, 0, 0], torch.tensor(np.exp(-1.0)).float())
-
-
-def test_dense_affinity_matrix_is_symmetric_with_unit_diagonal():
-    h, w = 6, 11
-    aff = torch.rand(34, len(pair_indices(h, w)[0]))
-    dense = resnet38_aff.dense_affinity_matrix(aff, h, w)
-    torch.testing.assert_close(dense, dense.T)
-    torch.testing.assert_close(torch.diagonal(dense), torch.ones(h * w))
-    idx_from, idx_to = pair_indices(h, w)
-    assert dense[idx_from[3], idx_to[7, 3]] == aff[7, 3]
-    # Each pair appears twice, plus the diagonal, nothing else.
-    assert int((dense != 0).sum()) == 2 * aff.numel() + h * w
 
 
 def _bn_modules(model):

@@ -104,6 +104,19 @@ def test_transition_matrix_matches_reference_and_columns_sum_to_one(h, w):
     np.testing.assert_allclose(transition, reference_transition(aff, h, w, 8), rtol=1e-6, atol=1e-12)
 
 
+def test_transition_matrix_holds_each_pair_twice_and_a_unit_diagonal():
+    # With beta 1, T = A D^-1 and A's diagonal is 1, so A = T / diag(T) column by column.
+    h, w = 6, 11
+    idx_from, idx_to = pair_indices(h, w)
+    aff = torch.rand(34, len(idx_from)) * 0.9 + 0.05
+    transition = transition_matrix(aff, h, w, beta=1)
+    dense = transition / torch.diagonal(transition)[None, :]
+    torch.testing.assert_close(dense, dense.T)
+    torch.testing.assert_close(torch.diagonal(dense), torch.ones(h * w))
+    torch.testing.assert_close(dense[idx_from[3], idx_to[7, 3]], aff[7, 3])
+    assert int((dense != 0).sum()) == 2 * aff.numel() + h * w
+
+
 def test_transition_matrix_by_hand_5x9():
     # 5x9 has a single from pixel, flat 4 (row 0, column 4); with every affinity 0.5 and beta 1, A's column 4
     # holds 1 + 34 * 0.5 = 18 and a partner's column 1 + 0.5 = 1.5.

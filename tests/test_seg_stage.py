@@ -22,6 +22,7 @@ from network import resnet38_cls_ser, resnet38d, vgg16_seg, vgg16d
 from network.resnet38_seg import Net, segmentation_loss
 from network.resnet38d import load_weights
 from tests.caffe_wire import caffemodel_of
+from tests.helpers import quick_train_flags
 from tool import imutils
 from tool.fileio import load_label_png, save_png
 from tool.torchutils import make_optimizer
@@ -177,21 +178,12 @@ def train_args(toy: dict, session: Path, *extra: str) -> argparse.Namespace:
             str(toy["root"] / "SegmentationClass"),
             "--session_name",
             str(session),
-            "--tblog_dir",
-            "",
+            *quick_train_flags(),
             "--from_scratch",
             "--width_mult",
             str(WIDTH),
             "--crop_size",
             "48",
-            "--batch_size",
-            "2",
-            "--max_epoches",
-            "1",
-            "--num_workers",
-            "0",
-            "--device",
-            "cpu",
             "--bn_calib_batches",
             "1",
             *extra,
@@ -440,20 +432,11 @@ def test_vgg16_seg_trains_two_steps_from_a_caffemodel_and_infers(toy, vgg_caffem
         str(toy["root"] / "SegmentationClass"),
         "--session_name",
         str(tmp_path / "vseg"),
-        "--tblog_dir",
-        "",
+        *quick_train_flags(),
         "--width_mult",
         str(WIDTH),
         "--crop_size",
         "48",
-        "--batch_size",
-        "2",
-        "--max_epoches",
-        "1",
-        "--num_workers",
-        "0",
-        "--device",
-        "cpu",
         "--val_list",
         str(toy["val_list"]),
     ]
@@ -467,29 +450,7 @@ def test_vgg16_seg_trains_two_steps_from_a_caffemodel_and_infers(toy, vgg_caffem
     epoch = json.loads((tmp_path / "vseg_log.jsonl").read_text().splitlines()[-1])
     assert 0.0 <= epoch["val_mIoU"] <= 100.0
 
-    args = infer_seg.get_args_parser().parse_args(
-        [
-            "--network",
-            "network.vgg16_seg",
-            "--weights",
-            str(tmp_path / "vseg.pth"),
-            "--infer_list",
-            str(toy["val_list"]),
-            "--voc12_root",
-            str(toy["root"]),
-            "--width_mult",
-            str(WIDTH),
-            "--num_workers",
-            "0",
-            "--device",
-            "cpu",
-            "--scales",
-            "1.0",
-            "0.5",
-            "--out_seg",
-            str(tmp_path / "out"),
-        ]
-    )
+    args = infer_args(toy, tmp_path / "vseg.pth", "--network", "network.vgg16_seg", "--out_seg", str(tmp_path / "out"))
     assert infer_seg.main(args)["done"] == len(load_img_id_list(toy["val_list"]))
     # The inference normalised with the network's own (Caffe BGR-mean) normaliser, not ImageNet's.
     model = inference.load_model(args.network, args.width_mult, args.weights, torch.device("cpu"))

@@ -29,7 +29,7 @@ import train_cls_ser
 from engine import training
 from network import resnet38_cls_ser, resnet38d
 from network.resnet38_cls_ser import classification_loss, downscale, ser_loss, ssenet_loss
-from tests.helpers import fill_reference_weights
+from tests.helpers import fill_reference_weights, quick_train_flags
 from tool import torchutils
 from tool.camutils import max_norm
 from voc12.data import ValClsTransform, VOC12ClsDataset
@@ -418,16 +418,7 @@ def cls_args(toy: Path, session: str, *extra: str):
         "64",
         "--val_crop_size",
         "48",
-        "--batch_size",
-        "2",
-        "--max_epoches",
-        "2",
-        "--num_workers",
-        "0",
-        "--tblog_dir",
-        "",
-        "--device",
-        "cpu",
+        *quick_train_flags(epochs=2),
     ]
     return train_cls_ser.get_args_parser().parse_args(flags + list(extra))
 
@@ -625,16 +616,7 @@ def test_ddp_two_cpu_processes_stay_identical(toy, tmp_path):
         "--resize_long",
         "48",
         "64",
-        "--batch_size",
-        "2",
-        "--max_epoches",
-        "1",
-        "--num_workers",
-        "0",
-        "--tblog_dir",
-        "",
-        "--device",
-        "cpu",
+        *quick_train_flags(),
     ]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -11,10 +11,14 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import math
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -167,9 +171,6 @@ def run(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentPars
 
 
 def _exit_when_parent_dies(parent_pid: int) -> None:
-    import threading
-    import time
-
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(1.0)
@@ -185,9 +186,6 @@ def die_with_parent(parent_pid: int) -> None:
     watchdog thread polls the parent. A parent that died before this ran is caught too.
     """
     if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
         pr_set_pdeathsig = 1
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:

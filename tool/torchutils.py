@@ -202,8 +202,8 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
     """
     path = Path(path)
     try:
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(obj, f)  # a file object: torch names the archive's folder "archive", not after the temp file
     except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as RuntimeError
         free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
         reason = "no space left on the device" if getattr(e, "errno", None) == errno.ENOSPC or free < 1 << 20 else e

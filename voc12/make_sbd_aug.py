@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 from tqdm import tqdm
 
 from tool import cli
@@ -40,8 +41,6 @@ SBD_STRUCT, SBD_FIELD = "GTcls", "Segmentation"
 
 def load_sbd_segmentation(mat_path: str | os.PathLike) -> np.ndarray:
     """The (H, W) uint8 class-index map of one SBD ``cls/<id>.mat`` file (struct ``GTcls``, field ``Segmentation``)."""
-    import scipy.io
-
     mat_path = Path(mat_path)
     if not mat_path.is_file():
         raise MissingFileError(f"SBD mask not found: {mat_path}")
