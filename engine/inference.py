@@ -3,6 +3,7 @@
 :func:`run_stage` is the frame of ``infer_cls_ser.py``, ``infer_aff.py`` and
 ``infer_seg.py``: the script context, this rank's images minus the finished
 ones, the counts summed over ranks. The scripts supply what one image makes.
+
 ``infer_cls_ser.infer_cams`` and ``infer_seg.infer_probs`` differ only in what
 they do with each scale's output (docs/method.md#ssenet-inference,
 docs/method.md#segmentation); the loop over scales and flips is here.
