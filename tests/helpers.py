@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -48,3 +52,21 @@ def quick_train_flags(epochs: int = 1) -> list[str]:
     """Training-script flags for a seconds-long CPU run: batch 2, no loader workers, no TensorBoard."""
     flags = {"--batch_size": 2, "--max_epoches": epochs, "--num_workers": 0, "--device": "cpu", "--tblog_dir": ""}
     return [str(part) for flag_value in flags.items() for part in flag_value]
+
+
+@contextlib.contextmanager
+def restored_root_logger() -> Iterator[None]:
+    """Put the root logger's handlers and level back afterwards (the scripts configure it for themselves)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)

@@ -10,7 +10,6 @@ and the run leaves its logs and TensorBoard events.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import shutil
@@ -29,7 +28,7 @@ import train_cls_ser
 from engine import training
 from network import resnet38_cls_ser, resnet38d
 from network.resnet38_cls_ser import classification_loss, downscale, ser_loss, ssenet_loss
-from tests.helpers import fill_reference_weights, quick_train_flags
+from tests.helpers import fill_reference_weights, quick_train_flags, restored_root_logger
 from tool import torchutils
 from tool.camutils import max_norm
 from voc12.data import ValClsTransform, VOC12ClsDataset
@@ -425,19 +424,8 @@ def cls_args(toy: Path, session: str, *extra: str):
 
 def run(args) -> dict:
     """``train_cls_ser.main``, leaving the root logger as it was (the driver configures it for a script)."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
+    with restored_root_logger():
         return train_cls_ser.main(args)
-    finally:
-        for handler in list(root.handlers):
-            if handler not in handlers:
-                root.removeHandler(handler)
-                handler.close()
-        for handler in handlers:
-            if handler not in root.handlers:
-                root.addHandler(handler)
-        root.setLevel(level)
 
 
 def session_file(toy: Path, session: str, suffix: str) -> Path:

@@ -7,8 +7,6 @@ the network its own normalisation (Caffe BGR means), not ImageNet's.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 import torch
@@ -19,6 +17,7 @@ import train_aff
 import train_cls_ser
 from network import vgg16_aff, vgg16_cls_ser, vgg16d
 from tests.caffe_wire import caffemodel_of
+from tests.helpers import restored_root_logger
 from tool.fileio import load_label_png, load_scores
 from voc12.make_toy_voc import make_toy_voc
 from voc12.voc import load_img_id_list
@@ -34,17 +33,8 @@ def _single_thread(one_thread):
 @pytest.fixture
 def keep_logging():
     """The scripts configure the root logger; put it back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    for handler in handlers:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
+    with restored_root_logger():
+        yield
 
 
 @pytest.fixture(scope="module")
