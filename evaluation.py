@@ -1,8 +1,10 @@
-"""Evaluate predicted masks or CAM score files against VOC ground truth (docs/method.md#evaluation).
+"""Evaluate predicted masks or CAM score files against ground truth (docs/method.md#evaluation).
 
 Scores are the reference's: per pixel with ground truth != 255, counts over the
-21 classes accumulated over the list; IoU_c = TP / (T + P - TP + 1e-10) and the
-mIoU is the mean over all 21 classes (maths in ``tool/metrics.py``).
+dataset's classes (VOC: 21, COCO: 81, with background) accumulated over the list;
+IoU_c = TP / (T + P - TP + 1e-10) and the mIoU is the mean over all classes
+(maths in ``tool/metrics.py``). The ground truth is ``--gt_dir/<id>.png`` or, without it,
+the masks of ``--dataset`` (docs/datasets.md).
 
 ``--type png`` reads prediction masks (class indices, palette or grey PNGs).
 A prediction pixel of 255 is kept as the reference counts it: it adds to T of
@@ -33,9 +35,9 @@ import numpy as np
 from engine import flags
 from tool import cli
 from tool.cli import InputError
+from tool.dataset import load_img_id_list
 from tool.fileio import atomic_write_text, load_label_png, load_scores, missing_score_file_message, score_file
-from tool.metrics import cam_threshold_confusions, confusion, scores_from_confusion
-from voc12.voc import CAT_NAMES_WITH_BG, IGNORE_INDEX, NUM_CLASSES, load_img_id_list
+from tool.metrics import IGNORE_INDEX, cam_threshold_confusions, confusion, scores_from_confusion
 
 CURVE_THRESHOLDS = tuple(i / 100 for i in range(60))  # the reference's curve: t = 0.00, 0.01, ..., 0.59
 DEFAULT_LIST = Path(__file__).resolve().parent / "voc12" / "train.txt"
@@ -47,16 +49,18 @@ class EvaluationError(InputError):
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = flags.ArgumentParser(
         description="mIoU of predicted masks or CAM score files (docs/method.md#evaluation)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        script="evaluation",
     )
+    flags.add_dataset_flags(parser)
     parser.add_argument("--list", default=str(DEFAULT_LIST), help="image list: bare ids or /JPEGImages/<id>.jpg lines")
     parser.add_argument("--predict_dir", default="out_rw", help="folder of <id>.png masks or score files")
     parser.add_argument(
         "--gt_dir",
-        default="VOC2012/SegmentationClass",
-        help="folder of ground-truth <id>.png palette masks (class indices, 255 = void)",
+        help="folder of ground-truth <id>.png palette masks (class indices, 255 = void); default: the masks of "
+        "--dataset in --dataset_root (VOC2012/SegmentationClass for voc12)",
     )
     parser.add_argument(
         "--logfile",
@@ -93,19 +97,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def gt_in_dir(gt_dir: str | os.PathLike, image_id: str) -> Path:
+    """``<gt_dir>/<id>.png``: the ground truth of ``--gt_dir``."""
+    return Path(gt_dir) / f"{image_id}.png"
+
+
 def image_confusion(
     image_id: str,
     predict_dir: str | os.PathLike,
-    gt_dir: str | os.PathLike,
+    gt_path_of: Callable[[str], Path],
     pred_type: str = "png",
     thresholds: tuple[float, ...] = (),
     allow_pickle: bool = False,
+    *,
+    num_classes: int,
 ) -> np.ndarray:
-    """Confusion of one image, (N, 21, 22) int64: N = 1 for png, one per threshold for npy.
+    """Confusion of one image, (N, num_classes, num_classes + 1) int64: N = 1 for png, one per threshold for npy.
 
-    Raises :class:`EvaluationError` naming the file for any bad input.
+    ``gt_path_of(id)`` is the image's ground-truth PNG. Raises :class:`EvaluationError` naming the file for any
+    bad input.
     """
-    gt_path = Path(gt_dir) / f"{image_id}.png"
+    gt_path = gt_path_of(image_id)
     gt = _read(load_label_png, gt_path, "ground truth")
     if pred_type == "png":
         pred_path = Path(predict_dir) / f"{image_id}.png"
@@ -113,7 +125,7 @@ def image_confusion(
         if pred.shape != gt.shape:
             raise EvaluationError(f"{pred_path}: prediction is {pred.shape} but ground truth {gt_path} is {gt.shape}")
         try:
-            return confusion(gt, pred, NUM_CLASSES, IGNORE_INDEX)[None]
+            return confusion(gt, pred, num_classes, IGNORE_INDEX)[None]
         except ValueError as e:  # an out-of-range value; the message says in which of the two
             raise EvaluationError(f"{pred_path} (ground truth {gt_path}): {e}") from None
     pred_path = score_file(predict_dir, image_id, allow_pickle)
@@ -121,10 +133,10 @@ def image_confusion(
         raise EvaluationError(f"score file not found: {pred_path.with_suffix('.npz')} (nor {pred_path})")
     if not pred_path.is_file():
         raise EvaluationError(missing_score_file_message(pred_path))
-    read_cam = functools.partial(load_scores, allow_pickle=allow_pickle, kind="cam")
+    read_cam = functools.partial(load_scores, allow_pickle=allow_pickle, kind="cam", num_fg_classes=num_classes - 1)
     keys, scores = _read(read_cam, pred_path, "score file")
     try:
-        return cam_threshold_confusions(gt, keys, scores, thresholds, NUM_CLASSES, IGNORE_INDEX)
+        return cam_threshold_confusions(gt, keys, scores, thresholds, num_classes, IGNORE_INDEX)
     except ValueError as e:
         raise EvaluationError(f"{pred_path} (ground truth {gt_path}): {e}") from None
 
@@ -150,13 +162,15 @@ def _chunk_confusion(image_ids: list[str], **kwargs) -> np.ndarray:
 def evaluate(
     image_ids: list[str],
     predict_dir: str | os.PathLike,
-    gt_dir: str | os.PathLike,
+    gt_path_of: Callable[[str], Path],
     pred_type: str = "png",
     thresholds: tuple[float, ...] = (),
     allow_pickle: bool = False,
     num_workers: int = 0,
+    *,
+    num_classes: int,
 ) -> np.ndarray:
-    """Confusion summed over ``image_ids``, (N, 21, 22) int64 (see :func:`image_confusion`).
+    """Confusion summed over ``image_ids``, (N, num_classes, num_classes + 1) int64 (see :func:`image_confusion`).
 
     With ``num_workers`` > 1 the images are split into chunks decoded by a
     process pool (decoding dominates; each chunk returns one summed matrix).
@@ -167,10 +181,11 @@ def evaluate(
     work = functools.partial(
         _chunk_confusion,
         predict_dir=predict_dir,
-        gt_dir=gt_dir,
+        gt_path_of=gt_path_of,
         pred_type=pred_type,
         thresholds=tuple(thresholds),
         allow_pickle=allow_pickle,
+        num_classes=num_classes,
     )
     if num_workers <= 1:
         return work(image_ids)
@@ -182,16 +197,15 @@ def evaluate(
         return sum(pool.imap_unordered(work, chunks))
 
 
-def summarize(conf: np.ndarray) -> dict:
-    """JSON-ready scores of one confusion matrix: IoU, mIoU (all 21 classes), mIoU_present (the classes
-    with ground-truth pixels, named in present_classes), precision, recall in percent; the reference's
-    T/TP, P/TP, FP/ALL, FN/ALL (means over the present foreground classes) as plain ratios."""
+def summarize(conf: np.ndarray, class_names: tuple[str, ...]) -> dict:
+    """JSON-ready scores of one confusion matrix with rows ``class_names`` (background first): IoU, mIoU (all
+    classes), mIoU_present (the classes with ground-truth pixels, named in present_classes), precision, recall in
+    percent; the reference's T/TP, P/TP, FP/ALL, FN/ALL (means over the present foreground classes) as ratios."""
     scores = scores_from_confusion(conf)
     per_class = {
-        key: dict(zip(CAT_NAMES_WITH_BG, (100 * scores[key]).tolist(), strict=True))
-        for key in ("IoU", "precision", "recall")
+        key: dict(zip(class_names, (100 * scores[key]).tolist(), strict=True)) for key in ("IoU", "precision", "recall")
     }
-    present = [name for name, p in zip(CAT_NAMES_WITH_BG, scores["present"], strict=True) if p]
+    present = [name for name, p in zip(class_names, scores["present"], strict=True) if p]
     return {
         "mIoU": 100 * scores["mIoU"],
         "mIoU_foreground": 100 * scores["mIoU_foreground"],
@@ -233,7 +247,8 @@ def append_log(logfile: str | os.PathLike, comment: str, summary: str) -> None:
         f.write(line + "\n")
 
 
-def main(args: argparse.Namespace) -> dict:
+def check_flags(args: argparse.Namespace) -> None:
+    """The flag combinations ``main`` refuses, before any file is read."""
     if args.type == "png" and (args.t is not None or args.curve or args.allow_pickle):
         raise EvaluationError("--t, --curve and --allow_pickle only apply to --type npy")
     if args.type == "npy" and args.t is None and not args.curve:
@@ -242,30 +257,50 @@ def main(args: argparse.Namespace) -> dict:
         raise EvaluationError("give either --t or --curve, not both")
     if args.t is not None and not args.t >= 0:
         raise EvaluationError(f"--t must be >= 0 (absent classes score 0 in the reference), got {args.t}")
+
+
+def curve_result(conf: np.ndarray, thresholds: tuple[float, ...], names: tuple[str, ...]) -> dict:
+    """Print the mIoU of every background threshold; the scores at the best (by mIoU, the reference's choice)
+    with the whole curve."""
+    curve = [{"t": t, **summarize(c, names)} for t, c in zip(thresholds, conf, strict=True)]
+    best = int(np.argmax([point["mIoU"] for point in curve]))  # first best: the lowest t on ties
+    print(f"{'t':>5s} {'mIoU':>8s} {'fg mIoU':>8s} {'present':>8s}")
+    for point in curve:
+        present = point["mIoU_present"] if point["mIoU_present"] is not None else float("nan")
+        print(f"{point['t']:5.2f} {point['mIoU']:7.3f}% {point['mIoU_foreground']:7.3f}% {present:7.3f}%")
+    result = {**summarize(conf[best], names), "t": thresholds[best], "best_t": thresholds[best]}
+    result["curve"] = [{key: point[key] for key in ("t", "mIoU", "mIoU_foreground", "mIoU_present")} for point in curve]
+    return result
+
+
+def main(args: argparse.Namespace) -> dict:
+    check_flags(args)
     try:
         image_ids = load_img_id_list(args.list)
     except (OSError, ValueError) as e:
         raise EvaluationError(f"--list: {e}") from None
+    # Only the dataset's classes and mask paths are read: a missing mask is reported by name.
+    info = flags.dataset_of(args, check=False)
+    gt_path_of = functools.partial(gt_in_dir, args.gt_dir) if args.gt_dir else info.mask_path
+    names = info.names_with_background
 
     thresholds = CURVE_THRESHOLDS if args.curve else (args.t,) if args.type == "npy" else ()
     conf = evaluate(
-        image_ids, args.predict_dir, args.gt_dir, args.type, thresholds, args.allow_pickle, args.num_workers
+        image_ids,
+        args.predict_dir,
+        gt_path_of,
+        args.type,
+        thresholds,
+        args.allow_pickle,
+        args.num_workers,
+        num_classes=info.num_classes,
     )
 
     if args.curve:
-        curve = [{"t": t, **summarize(c)} for t, c in zip(thresholds, conf, strict=True)]
-        best = int(np.argmax([point["mIoU"] for point in curve]))  # first best: the lowest t on ties
-        print(f"{'t':>5s} {'mIoU':>8s} {'fg mIoU':>8s} {'present':>8s}")
-        for point in curve:
-            present = point["mIoU_present"] if point["mIoU_present"] is not None else float("nan")
-            print(f"{point['t']:5.2f} {point['mIoU']:7.3f}% {point['mIoU_foreground']:7.3f}% {present:7.3f}%")
-        result = {**summarize(conf[best]), "t": thresholds[best], "best_t": thresholds[best]}
-        result["curve"] = [
-            {key: point[key] for key in ("t", "mIoU", "mIoU_foreground", "mIoU_present")} for point in curve
-        ]
+        result = curve_result(conf, thresholds, names)
         setting = f"npy curve, best t={result['t']:.2f}"
     else:
-        result = {**summarize(conf[0]), "t": args.t if args.type == "npy" else None}
+        result = {**summarize(conf[0], names), "t": args.t if args.type == "npy" else None}
         setting = f"npy t={args.t}" if args.type == "npy" else "png"
     setting = f"{args.predict_dir} ({setting})"
     result.update(
@@ -273,7 +308,8 @@ def main(args: argparse.Namespace) -> dict:
         type=args.type,
         list=str(args.list),
         predict_dir=str(args.predict_dir),
-        gt_dir=str(args.gt_dir),
+        gt_dir=str(args.gt_dir) if args.gt_dir else None,
+        dataset=info.name,
         comment=args.comment,
     )
 

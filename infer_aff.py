@@ -31,7 +31,6 @@ from tool.fileio import load_scores, missing_score_file_message, save_png, save_
 from tool.imutils import hwc_to_chw
 from tool.randomwalk import DEFAULT_RADIUS, FEATURE_STRIDE, min_grid, propagate
 from voc12.data import VOC12ImageDataset
-from voc12.voc import NUM_CLASSES, voc_palette
 
 logger = logging.getLogger(__name__)
 # The sparse walk costs one sparse product per step, 2 ** logt steps: logt 12 is already 16x the reference's 256
@@ -41,12 +40,14 @@ LOGT_BOUND_REASON = f"the walk takes 2 ** logt sparse steps; 2 ** {MAX_LOGT} is 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Propagate CAMs by random walk with AffinityNet affinities")
+    parser = flags.ArgumentParser(
+        description="Propagate CAMs by random walk with AffinityNet affinities", script="infer_aff"
+    )
     flags.add_weights_flag(parser, "trained AffinityNet .pth")
     flags.add_network_flags(parser, "network.resnet38_aff", width_help="channel width multiplier of the network")
     flags.add_num_workers_flag(parser, help="DataLoader worker processes (default 8, at most the usable CPUs)")
     parser.add_argument("--cam_dir", required=True, help="CAM folder written by infer_cls_ser.py --out_cam")
-    flags.add_data_flags(parser, "--infer_list", list_help="images to process", root_help="VOC2012 devkit folder")
+    flags.add_data_flags(parser, "--infer_list", list_help="images to process")
     parser.add_argument("--out_rw", required=True, help="output folder of random-walk label PNGs")
     parser.add_argument(
         "--out_rw_scores", help="also save the propagated scores (bg + present classes) on the stride-8 grid (.npz)"
@@ -90,11 +91,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cam_grid(keys: np.ndarray, cams: np.ndarray, padded_hw: tuple[int, int], bg_score: float) -> torch.Tensor:
-    """(21, H, W) scores [bg_score, CAM of class k at k + 1], zero-padded to ``padded_hw`` and
-    average-pooled 8x8 -> (21, h, w) on the stride-8 grid."""
+def cam_grid(
+    keys: np.ndarray, cams: np.ndarray, padded_hw: tuple[int, int], bg_score: float, num_classes: int
+) -> torch.Tensor:
+    """(num_classes, H, W) scores [bg_score, CAM of class k at k + 1], zero-padded to ``padded_hw`` and
+    average-pooled 8x8 -> (num_classes, h, w) on the stride-8 grid (num_classes counts the background)."""
     h, w = cams.shape[1:]
-    full = np.zeros((NUM_CLASSES, *padded_hw), np.float32)
+    full = np.zeros((num_classes, *padded_hw), np.float32)
     full[0, :h, :w] = bg_score
     full[keys + 1, :h, :w] = cams
     return F.avg_pool2d(torch.from_numpy(full)[None], FEATURE_STRIDE, FEATURE_STRIDE)[0]
@@ -114,8 +117,10 @@ def random_walk_image(
     rw_mode: str = "sparse",
     crf: bool = False,
     amp: bool = False,
+    num_classes: int,
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """Label map (H, W) uint8 and propagated grid scores (21, h, w) for one image (flags of the same names)."""
+    """Label map (H, W) uint8 and propagated grid scores (num_classes, h, w) for one image (flags of the same
+    names; ``num_classes`` counts the background: the dataset's)."""
     height, width = image.shape[:2]
     # Pad to a multiple of 8; tiny images further, so that the grid holds the network's pairs.
     radius = getattr(model, "radius", DEFAULT_RADIUS)
@@ -128,7 +133,7 @@ def random_walk_image(
     x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height))  # zeros after normalisation
     with torchutils.autocast(device, amp):
         aff = model(x.to(device))[0].float()  # (34, n_from)
-    grid = cam_grid(keys, cams, padded, bg_score).to(device)
+    grid = cam_grid(keys, cams, padded, bg_score, num_classes).to(device)
     scores = propagate(aff, grid, grid.shape[1:], beta=beta, logt=logt, mode=rw_mode, radius=radius)
     up = F.interpolate(scores[None], size=padded, mode="bilinear", align_corners=False)[0]
     if crf:
@@ -139,23 +144,23 @@ def random_walk_image(
     return label.to(torch.uint8).cpu().numpy(), scores
 
 
-def run_images(args: argparse.Namespace, ids: list[str], env: ScriptEnv, paths_of) -> int:
-    """Walk and write the images ``ids``; returns how many were processed."""
+def run_images(args: argparse.Namespace, info, ids: list[str], env: ScriptEnv, paths_of) -> int:
+    """Walk and write the images ``ids`` of dataset ``info``; returns how many were processed."""
     for image_id in ids:  # every CAM file must be there before hours of work start
         cam_path = score_file(args.cam_dir, image_id, args.allow_pickle)
         if not cam_path.is_file():
             raise cli.MissingFileError(f"--cam_dir: {missing_score_file_message(cam_path)}")
     model = inference.load_model(args.network, args.width_mult, args.weights, env.device)
-    palette = voc_palette()
     loader = DataLoader(
-        VOC12ImageDataset(args.infer_list, args.voc12_root, ids=ids), batch_size=None, num_workers=args.num_workers
+        VOC12ImageDataset(args.infer_list, info, ids=ids), batch_size=None, num_workers=args.num_workers
     )
     walk = {k: getattr(args, k) for k in ("bg_score", "beta", "logt", "rw_mode", "crf", "amp")}
+    walk["num_classes"] = info.num_classes
     done = 0
     for image_id, image in tqdm(loader, total=len(ids), desc="random walk", disable=not env.is_main):
         image = image.numpy()
         cam_path = score_file(args.cam_dir, image_id, args.allow_pickle)
-        keys, cams = load_scores(cam_path, args.allow_pickle, kind="cam")
+        keys, cams = load_scores(cam_path, args.allow_pickle, kind="cam", num_fg_classes=info.num_fg_classes)
         if cams.shape[1:] != image.shape[:2]:
             raise cli.InputError(f"{cam_path}: CAM is {cams.shape[1:]} but image {image_id} is {image.shape[:2]}")
         label, scores = random_walk_image(model, image, keys, cams, env.device, **walk)
@@ -163,12 +168,13 @@ def run_images(args: argparse.Namespace, ids: list[str], env: ScriptEnv, paths_o
         if "rw_scores" in out:
             keep = np.concatenate([[0], keys + 1])
             save_scores(out["rw_scores"], keep, scores[keep].cpu().numpy(), "float32", kind="rw")
-        save_png(out["rw"], label, palette)
+        save_png(out["rw"], label, info.palette)
         done += 1
     return done
 
 
 def main(args: argparse.Namespace) -> dict:
+    info = flags.dataset_of(args)
     paths_of = functools.partial(layout.rw_stage_paths, out_rw=args.out_rw, out_rw_scores=args.out_rw_scores)
     out_dirs = [("--out_rw", args.out_rw)] + ([("--out_rw_scores", args.out_rw_scores)] if args.out_rw_scores else [])
     return inference.run_stage(
@@ -176,7 +182,7 @@ def main(args: argparse.Namespace) -> dict:
         "random walk",
         out_dirs,
         paths_of,
-        lambda ids, todo, env: run_images(args, [ids[i] for i in todo], env, paths_of),
+        lambda ids, todo, env: run_images(args, info, [ids[i] for i in todo], env, paths_of),
     )
 
 

@@ -53,18 +53,42 @@ from engine.script import ScriptEnv
 from tool import cli, layout
 from tool.camutils import BG_SCORE, max_norm
 from tool.crf import crf_scores_with_alpha
+from tool.dataset import color_map
 from tool.fileio import SCORE_DTYPES, atomic_path, save_png, save_scores
 from tool.visualization import cam_overlay
-from voc12.data import MSF_SCALES, VOC12ClsDatasetMSF
-from voc12.make_cls_labels import load_or_build_cls_labels
-from voc12.voc import voc_palette
+from voc12.data import MSF_SCALES, VOC12ClsDatasetMSF, VOC12ImageDatasetMSF
 
 logger = logging.getLogger(__name__)
 
 CRF_ALPHAS = (4.0, 24.0)
+CLS_THRESHOLD = 0.5  # --cls_threshold: on the sigmoid of the image-level score
 
 
 # --------------------------------------------------------------------------- the method
+
+
+def _cam_sum(
+    model: torch.nn.Module,
+    inputs: list[torch.Tensor],
+    classes: torch.Tensor | None,
+    size: tuple[int, int],
+    device: torch.device,
+    amp: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sum over scales and flips of the rectified CAMs of ``classes`` (None: all) at the image ``size``,
+    (K, H, W), and the mean over those outputs of each class's spatial mean score (its image-level score), (C,)."""
+    height, width = size
+    cam_sum, score_sum, count = None, None, 0
+    for cam in inference.msf_outputs(model, inputs, device, amp):  # (2, C, h_s, w_s)
+        cam = cam.float()
+        score_sum = cam.mean(dim=(2, 3)).sum(0) + (0 if score_sum is None else score_sum)
+        count += len(cam)
+        if classes is not None:
+            # Absent classes are zeroed anyway: dropping them before the resize saves its work (it is per channel).
+            cam = cam.index_select(1, classes)
+        cam = F.interpolate(F.relu(cam), size=(height, width), mode="bilinear", align_corners=False)
+        cam_sum = inference.unflip_sum(cam) + (0 if cam_sum is None else cam_sum)
+    return cam_sum, score_sum / count
 
 
 @torch.inference_mode()
@@ -76,26 +100,42 @@ def infer_cams(
     device: torch.device,
     amp: bool = False,
 ) -> np.ndarray:
-    """Multi-scale, flip-averaged, max-normalised CAMs of one image: (20, H, W) float32 in [0, 1].
+    """Multi-scale, flip-averaged, max-normalised CAMs of one image: (C, H, W) float32 in [0, 1].
 
     ``inputs`` holds one (2, 3, h_s, w_s) tensor per scale (the scaled image and
-    its horizontal flip), ``label`` the (20,) image-level label and ``size`` the
+    its horizontal flip), ``label`` the (C,) image-level label and ``size`` the
     original (H, W). Absent classes are 0.
     """
     label = torch.as_tensor(label)
     present = torch.nonzero(label > 0).flatten()
-    height, width = size
-    cam_sum = torch.zeros((present.numel(), height, width), device=device)  # (K, H, W)
+    norm_cam = torch.zeros((label.numel(), *size))
     if present.numel() > 0:
-        present_dev = present.to(device)
-        for cam in inference.msf_outputs(model, inputs, device, amp):  # (2, 20, h_s, w_s)
-            # Absent classes are zeroed anyway: dropping them before the resize saves its work (it is per channel).
-            cam = F.relu(cam.index_select(1, present_dev).float())
-            cam = F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)
-            cam_sum += inference.unflip_sum(cam)
-    norm_cam = torch.zeros((label.numel(), height, width))
-    norm_cam[present] = max_norm(cam_sum).cpu()
+        cam_sum, _ = _cam_sum(model, inputs, present.to(device), size, device, amp)
+        norm_cam[present] = max_norm(cam_sum).cpu()
     return norm_cam.numpy()
+
+
+@torch.inference_mode()
+def predict_and_infer_cams(
+    model: torch.nn.Module,
+    inputs: list[torch.Tensor],
+    size: tuple[int, int],
+    device: torch.device,
+    cls_threshold: float = CLS_THRESHOLD,
+    amp: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For an image without a label (``--label_source predicted``): the label the classifier predicts,
+    ``sigmoid(image-level score) > cls_threshold`` (the score averaged over scales and flips), and the CAMs of
+    those classes exactly as :func:`infer_cams` computes them for that label. Returns
+    ``(label (C,) float32, norm_cam (C, H, W), probabilities (C,))``."""
+    cam_sum, scores = _cam_sum(model, inputs, None, size, device, amp)
+    probs = torch.sigmoid(scores).cpu()
+    label = (probs > cls_threshold).float()
+    present = torch.nonzero(label > 0).flatten()
+    norm_cam = torch.zeros((label.numel(), *size))
+    if present.numel() > 0:
+        norm_cam[present] = max_norm(cam_sum[present.to(cam_sum.device)]).cpu()
+    return label.numpy(), norm_cam.numpy(), probs.numpy()
 
 
 def cam_prediction(norm_cam: np.ndarray, bg_score: float = BG_SCORE) -> np.ndarray:
@@ -185,17 +225,18 @@ class CrfPool:
 
 def write_outputs(
     paths: dict[str, Path],
-    item: dict,
+    image: np.ndarray,
+    label: np.ndarray,
     norm_cam: np.ndarray,
     crf_pool: CrfPool,
     crf_alphas: list[float],
     score_dtype: str = "float16",
     bg_score: float = BG_SCORE,
+    palette: np.ndarray | None = None,
 ) -> None:
-    """Every file of ``paths`` (:func:`tool.layout.cam_stage_paths`) for one image; the CRF ones are queued to
-    the worker pool first so they overlap."""
-    image = item["image"].numpy()  # (H, W, 3) uint8
-    keys = np.flatnonzero(item["label"].numpy() > 0)
+    """Every file of ``paths`` (:func:`tool.layout.cam_stage_paths`) for one (H, W, 3) uint8 ``image`` with its
+    (C,) ``label``; the CRF ones are queued to the worker pool first so they overlap."""
+    keys = np.flatnonzero(label > 0)
     cams = norm_cam[keys]  # (K, H, W), present classes only
     for alpha in crf_alphas:
         if layout.crf_kind(alpha) in paths:
@@ -203,19 +244,40 @@ def write_outputs(
     if "cam" in paths:
         save_scores(paths["cam"], keys, cams, score_dtype, kind="cam")
     if "cam_pred" in paths:
-        save_png(paths["cam_pred"], cam_prediction(norm_cam, bg_score), voc_palette())
+        save_png(paths["cam_pred"], cam_prediction(norm_cam, bg_score), color_map() if palette is None else palette)
     if "vis" in paths:
         _save_rgb_png(paths["vis"], cam_visualization(image, cams))
 
 
-def run_images(args: argparse.Namespace, ids: list[str], todo: list[int], env: ScriptEnv, paths_of) -> int:
-    """CAMs and outputs of ``ids[i]`` for ``i`` in ``todo``; returns how many images were processed."""
+def _image_cams(args: argparse.Namespace, model, item: dict, device, class_names) -> tuple[np.ndarray, np.ndarray]:
+    """The (C,) label and (C, H, W) CAMs of one loader item: its given label or, with ``--label_source predicted``,
+    the classifier's (logged)."""
+    size = tuple(item["image"].shape[:2])
+    if args.label_source == "given":
+        label = item["label"].numpy()
+        return label, infer_cams(model, item["inputs"], label, size, device, args.amp)
+    label, norm_cam, probs = predict_and_infer_cams(model, item["inputs"], size, device, args.cls_threshold, args.amp)
+    found = ", ".join(f"{class_names[k]} {probs[k]:.2f}" for k in np.flatnonzero(label)) or "none"
+    logger.info("%s: predicted classes (sigmoid > %g): %s", item["id"], args.cls_threshold, found)
+    return label, norm_cam
+
+
+def _dataset(args: argparse.Namespace, info, ids: list[str], normalize) -> VOC12ImageDatasetMSF:
+    """The multi-scale inputs of the list, with their given labels unless ``--label_source predicted``."""
+    if args.label_source == "predicted":
+        return VOC12ImageDatasetMSF(args.infer_list, info, args.scales, normalize=normalize)
+    labels = info.load_labels(ids, args.cls_labels)
+    return VOC12ClsDatasetMSF(args.infer_list, info, labels, args.scales, normalize=normalize)
+
+
+def run_images(args: argparse.Namespace, info, ids: list[str], todo: list[int], env: ScriptEnv, paths_of) -> int:
+    """CAMs and outputs of ``ids[i]`` for ``i`` in ``todo`` (images of dataset ``info``); returns how many were
+    processed."""
     device = env.device
     threads = torch.get_num_threads()
     with CrfPool(args.crf_workers if args.out_crf else 0) as crf_pool:
-        model = inference.load_model(args.network, args.width_mult, args.weights, device)
-        labels = load_or_build_cls_labels(args.voc12_root, ids, args.cls_labels)
-        msf = VOC12ClsDatasetMSF(args.infer_list, args.voc12_root, labels, args.scales, normalize=model.normalize)
+        model = inference.load_model(args.network, args.width_mult, args.weights, device, info.num_fg_classes)
+        msf = _dataset(args, info, ids, model.normalize)
         # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
         loader = DataLoader(
             Subset(msf, todo), batch_size=None, num_workers=args.num_workers, pin_memory=device.type == "cuda"
@@ -227,10 +289,9 @@ def run_images(args: argparse.Namespace, ids: list[str], todo: list[int], env: S
         try:
             with logging_redirect_tqdm():
                 for item in tqdm(loader, desc="CAM inference", disable=not env.is_main):
-                    size = tuple(item["image"].shape[:2])
-                    norm_cam = infer_cams(model, item["inputs"], item["label"], size, device, args.amp)
-                    paths = paths_of(item["id"])
-                    write_outputs(paths, item, norm_cam, crf_pool, args.crf_alphas, args.score_dtype, args.bg_score)
+                    label, norm_cam = _image_cams(args, model, item, device, info.class_names)
+                    out = (args.crf_alphas, args.score_dtype, args.bg_score, info.palette)
+                    write_outputs(paths_of(item["id"]), item["image"].numpy(), label, norm_cam, crf_pool, *out)
                     done += 1
             crf_pool.close()
         finally:
@@ -266,11 +327,27 @@ def crf_alphas_of(flags: list[str]) -> list[float]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="SSENet CAM inference: CAMs, CAM predictions, CRF scores")
+    parser = flags.ArgumentParser(
+        description="SSENet CAM inference: CAMs, CAM predictions, CRF scores", script="infer_cls_ser"
+    )
     flags.add_weights_flag(parser, "trained SSENet state dict (.pth)")
     flags.add_network_flags(parser, "network.resnet38_cls_ser")
     flags.add_data_flags(parser, "--infer_list")
     flags.add_cls_labels_flag(parser)
+    parser.add_argument(
+        "--label_source",
+        choices=("given", "predicted"),
+        default="given",
+        help="image-level labels: given (the dataset's label file, as published) or predicted by the classifier "
+        "(images without labels: sigmoid of the image-level score > --cls_threshold, logged per image)",
+    )
+    parser.add_argument(
+        "--cls_threshold",
+        type=cli.float_range(0, 1, lo_open=True, hi_open=True),
+        default=CLS_THRESHOLD,
+        help=f"with --label_source predicted: a class is present when its sigmoid score exceeds this, in (0, 1) "
+        f"(default {CLS_THRESHOLD})",
+    )
     flags.add_num_workers_flag(parser, 8, "DataLoader worker processes per rank (at most the CPUs)")
     flags.add_scales_flag(parser, MSF_SCALES, "each run with its horizontal flip (reference: 1.0 0.5 1.5 2.0)")
     parser.add_argument("--out_cam", help="folder for <id>.npz normalised CAMs of present classes")
@@ -306,12 +383,17 @@ def main(args: argparse.Namespace) -> dict:
         raise SystemExit("nothing to write: give at least one of --out_cam, --out_cam_pred, --out_crf, --out_vis")
     if args.out_crf and not args.crf_alphas:
         raise SystemExit("--out_crf needs at least one --crf_alphas value")
+    info = flags.dataset_of(args)  # a folder of another dataset is refused before any work
     outputs = {"out_cam": args.out_cam, "out_cam_pred": args.out_cam_pred, "out_vis": args.out_vis}
     paths_of = functools.partial(layout.cam_stage_paths, out_crf=args.out_crf, crf_alphas=args.crf_alphas, **outputs)
     out_dirs = [(f"--{flag}", folder) for flag, folder in outputs.items() if folder]
     out_dirs += [("--out_crf", layout.crf_dir(args.out_crf, a)) for a in (args.crf_alphas if args.out_crf else ())]
     return inference.run_stage(
-        args, "CAM inference", out_dirs, paths_of, lambda ids, todo, env: run_images(args, ids, todo, env, paths_of)
+        args,
+        "CAM inference",
+        out_dirs,
+        paths_of,
+        lambda ids, todo, env: run_images(args, info, ids, todo, env, paths_of),
     )
 
 

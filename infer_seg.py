@@ -13,7 +13,7 @@ image, soft-maxed, un-flipped and averaged (:func:`infer_probs`). The label is
 their argmax, or with ``--crf`` the argmax of the dense-CRF marginals
 (``tool/crf.py``) started from them.
 
-Outputs, one palette PNG (VOC colours, class indices 0..20) per image, written
+Outputs, one palette PNG (VOC colours, class indices 0..C, C the foreground classes) per image, written
 atomically:
 
 - ``--out_seg``: ``<out_seg>/<id>.png``, the layout ``evaluation.py`` scores;
@@ -47,7 +47,6 @@ from tool import cli, layout
 from tool.crf import crf_inference
 from tool.fileio import atomic_path, save_png
 from voc12.data import VOC12ImageDatasetMSF
-from voc12.voc import voc_palette
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ def infer_probs(
     flip: bool = True,
     amp: bool = False,
 ) -> np.ndarray:
-    """Class probabilities of one image averaged over scales (and flips): (21, H, W) float32, summing to 1.
+    """Class probabilities of one image averaged over scales (and flips): (C + 1, H, W) float32, summing to 1.
 
     ``inputs`` holds one (2, 3, h_s, w_s) tensor per scale (the scaled image and
     its horizontal flip, :func:`tool.imutils.msf_inputs`); ``size`` is the
@@ -76,7 +75,7 @@ def infer_probs(
     """
     probs = None
     count = 0
-    for logits in inference.msf_outputs(model, inputs, device, amp, flip):  # (B, 21, h_s, w_s)
+    for logits in inference.msf_outputs(model, inputs, device, amp, flip):  # (B, C + 1, h_s, w_s)
         logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
         p = torch.softmax(logits, dim=1)
         p_sum = inference.unflip_sum(p) if flip else p[0]
@@ -116,14 +115,15 @@ def write_archive(server_dir: str | Path, ids: list[str], archive: str | Path) -
 # --------------------------------------------------------------------------- main
 
 
-def run_images(args: argparse.Namespace, todo: list[int], env: ScriptEnv, paths_of) -> int:
-    """Predict and write ``todo`` (indices into the list); returns how many images were processed."""
-    model = inference.load_model(args.network, args.width_mult, args.weights, env.device)
-    msf = VOC12ImageDatasetMSF(args.infer_list, args.voc12_root, args.scales, normalize=model.normalize)
+def run_images(args: argparse.Namespace, info, todo: list[int], env: ScriptEnv, paths_of) -> int:
+    """Predict and write ``todo`` (indices into the list of images of dataset ``info``); returns how many images
+    were processed."""
+    model = inference.load_model(args.network, args.width_mult, args.weights, env.device, info.num_classes)
+    msf = VOC12ImageDatasetMSF(args.infer_list, info, args.scales, normalize=model.normalize)
     # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
     pin = env.device.type == "cuda"
     loader = DataLoader(Subset(msf, todo), batch_size=None, num_workers=args.num_workers, pin_memory=pin)
-    palette = voc_palette()
+    palette = info.palette
     done = 0
     with logging_redirect_tqdm():
         for item in tqdm(loader, desc="segmentation", disable=not env.is_main):
@@ -149,7 +149,9 @@ def archive_on_main(server_dir: str, archive: str | None, ids: list[str], env: S
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Segmentation inference: multi-scale + flip, optional dense CRF")
+    parser = flags.ArgumentParser(
+        description="Segmentation inference: multi-scale + flip, optional dense CRF", script="infer_seg"
+    )
     flags.add_weights_flag(
         parser, "trained segmentation weights (.pth state dict of train_seg.py; .params / .caffemodel need a head)"
     )
@@ -185,6 +187,9 @@ def main(args: argparse.Namespace) -> dict:
         raise SystemExit("nothing to write: give --out_seg and/or --test_server_dir")
     if args.archive and not args.test_server_dir:
         raise SystemExit("--archive packs the --test_server_dir layout: give --test_server_dir too")
+    info = flags.dataset_of(args)
+    if args.test_server_dir and info.name != "voc12":
+        raise SystemExit(f"--test_server_dir writes the PASCAL VOC server's layout; --dataset is {info.name}")
     paths_of = functools.partial(layout.seg_stage_paths, out_seg=args.out_seg, test_server_dir=args.test_server_dir)
     out_dirs = [("--out_seg", args.out_seg)] if args.out_seg else []
     if args.test_server_dir:
@@ -194,7 +199,7 @@ def main(args: argparse.Namespace) -> dict:
         "segmentation",
         out_dirs,
         paths_of,
-        lambda ids, todo, env: run_images(args, todo, env, paths_of),
+        lambda ids, todo, env: run_images(args, info, todo, env, paths_of),
         lambda ids, env: archive_on_main(args.test_server_dir, args.archive, ids, env),
     )
 

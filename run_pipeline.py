@@ -3,12 +3,13 @@
     python run_pipeline.py --preset demo                  # toy data, CPU, minutes
     python run_pipeline.py --preset paper --voc12_root VOC2012 \
         --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params  # the published recipe
+    python run_pipeline.py --preset paper --dataset coco14 --dataset_root COCO2014 --weights ...  # COCO-2014
 
 Stages, in order: (demo only: toy data, and pretraining on a separate generated classification set, the stand-in
 for the ImageNet weights) -> train_cls_ser -> infer_cls_ser (CAMs, CAM predictions, CRF folders) -> evaluation of
 the CAMs -> train_aff -> infer_aff (random walk) -> evaluation of the random walk. Each stage runs the standalone
 script as a subprocess (the exact command is logged, so it can be re-run by hand) and is skipped when its outputs
-are complete, so a killed run resumes where it stopped. At the end a table of mIoU (over all 21 classes and over
+are complete, so a killed run resumes where it stopped. At the end a table of mIoU (over all classes and over
 the classes present in the ground truth) and stage times is printed and ``<work_dir>/summary.json`` is written.
 
 Every script flag stays reachable: ``--train_cls_args "--lr 0.02"`` and its
@@ -24,19 +25,28 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 import infer_cls_ser
+from coco14.make_toy_coco import MARKER_FILE as COCO_MARKER
+from coco14.make_toy_coco import make_toy_coco
+from engine import flags as script_flags
+from engine.datasets import get_dataset
+from folder.make_toy_folder import MARKER_FILE as FOLDER_MARKER
+from folder.make_toy_folder import make_toy_folder
 from tool import layout
+from tool.dataset import load_img_id_list
 from tool.fileio import atomic_path, atomic_write_text, load_label_png, load_scores
+from tool.layout import RunLayout, WorkLayout
 from tool.metrics import confusion, scores_from_confusion
 from tool.pyutils import setup_logger
 from voc12.data import load_rgb
-from voc12.make_toy_voc import MARKER_FILE, make_toy_voc
-from voc12.voc import jpeg_path, load_img_id_list, segmentation_path, voc_palette
+from voc12.make_toy_voc import MARKER_FILE as VOC_MARKER
+from voc12.make_toy_voc import make_toy_voc
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent
@@ -96,10 +106,10 @@ VARIANT_NAMES = {"ssenet": "SSENet (ser_weight 1)", "baseline": "baseline (ser_w
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="SSENet + AffinityNet pipeline runner")
+    parser = script_flags.ArgumentParser(description="SSENet + AffinityNet pipeline runner", script="run_pipeline")
     parser.add_argument("--preset", choices=sorted(PRESETS), required=True, help="paper (VOC) or demo (toy, CPU)")
-    parser.add_argument("--work_dir", help="output folder (default: work_dirs/<preset>)")
-    parser.add_argument("--voc12_root", default="VOC2012", help="paper preset: VOC2012 devkit folder")
+    parser.add_argument("--work_dir", help="output folder (default: work_dirs/<preset>[_<dataset>])")
+    script_flags.add_dataset_flags(parser)
     parser.add_argument("--weights", help="paper preset: ImageNet ResNet38 .params")
     parser.add_argument("--train_list", default="voc12/train_aug.txt", help="paper: training list")
     parser.add_argument("--val_list", default="voc12/val.txt", help="paper: validation list")
@@ -146,14 +156,14 @@ def argv(flags: dict) -> list[str]:
     return [word for flag, value in flags.items() for word in (flag, str(value))]
 
 
-def image_miou(gt: np.ndarray, pred: np.ndarray) -> float:
+def image_miou(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
     """Mean IoU over the classes of one image's ground truth (for picking the figure's images)."""
-    scores = scores_from_confusion(confusion(gt, pred))
+    scores = scores_from_confusion(confusion(gt, pred, num_classes))
     return 0.0 if scores["mIoU_present"] is None else scores["mIoU_present"]
 
 
 def eval_result(cam: dict | None, rw: dict | None, seg: dict | None = None) -> dict:
-    """The numbers of one trained variant: mIoU over 21 and over the present classes, per-class IoU; a stage
+    """The numbers of one trained variant: mIoU over all and over the present classes, per-class IoU; a stage
     that did not run (``--stages``) is left out."""
     result = {}
     for stage, scores in (("cam", cam), ("rw", rw), ("seg", seg)):
@@ -171,35 +181,54 @@ def mean_and_std(runs: list[dict]) -> tuple[dict, dict]:
     return {k: float(v.mean()) for k, v in values.items()}, std
 
 
+@dataclass(frozen=True)
+class Data:
+    """The dataset a run reads: its folder and lists, and the label file the CAM stages get (None: the dataset's)."""
+
+    root: Path
+    train_list: Path
+    val_list: Path
+    eval_list: Path  # the images whose pseudo labels are scored (the train list)
+    infer_list: Path  # the images CAMs and walks are made for: the scored ones, the training ones, some val ones
+    cls_labels: Path | None
+
+
+def write_list(path: Path, ids: list[str]) -> None:
+    """``ids`` (first of each kept, in order) as a list file, rewritten only when its content changes."""
+    text = "".join(f"{i}\n" for i in dict.fromkeys(ids))
+    if not path.exists() or path.read_text() != text:
+        atomic_write_text(path, text)
+
+
 class Pipeline:
-    """The stages of one work directory. A run of a variant ("ssenet", or "baseline" with ``--ser_weight 0``)
-    and a seed lives in ``<work_dir>/<variant>/seed<seed>/``."""
+    """The stages of one work directory (:class:`tool.layout.WorkLayout`). A run of a variant ("ssenet", or
+    "baseline" with ``--ser_weight 0``) and a seed lives in ``<work_dir>/<variant>/seed<seed>/``."""
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.preset = PRESETS[args.preset]
-        self.work = Path(args.work_dir or f"work_dirs/{args.preset}").resolve()
+        default_work = f"work_dirs/{args.preset}" + ("" if args.dataset == "voc12" else f"_{args.dataset}")
+        self.work = WorkLayout(Path(args.work_dir or default_work).resolve())
         self.stage_seconds: dict[str, float] = {}
         self.weights = args.weights
-        if args.preset == "demo":
-            if args.backbone != "resnet38":
-                raise SystemExit("--preset demo pretrains a ResNet38; --backbone vgg16 needs --preset paper")
-            self.voc12_root = self.work / "toy_voc"
-            lists = self.voc12_root / "ImageSets" / "Segmentation"
-            self.train_list, self.val_list = lists / "train.txt", lists / "val.txt"
-            self.eval_list, self.infer_list = lists / "train.txt", lists / "trainval.txt"
-            self.pretrain_root = self.work / "pretrain_voc"
-        else:
-            self.voc12_root = Path(args.voc12_root).resolve()
-            self.train_list, self.val_list = Path(args.train_list), Path(args.val_list)
-            self.eval_list = Path(args.eval_list)
-            self.infer_list = self.work / "infer_list.txt"  # train list + figure images of val
-        self.gt_dir = self.voc12_root / "SegmentationClass"
+        if args.preset == "demo" and args.backbone != "resnet38":
+            raise SystemExit("--preset demo pretrains a ResNet38; --backbone vgg16 needs --preset paper")
+        self.data: Data | None = None  # prepare_data() sets it
+        self._info = None
+
+    @property
+    def info(self):
+        """The dataset's descriptor (read once its folder exists: a demo generates it first)."""
+        if self._info is None:
+            self._info = get_dataset(self.args.dataset, self.data.root, check=False)
+        return self._info
 
     # ------------------------------------------------------------------ helpers
 
     def run(self, name: str, script: str, flags: list[str]) -> None:
-        cmd = [sys.executable, str(ROOT / script), *flags]
+        """``script`` (a file of this repository, or ``-m module``) as a subprocess; its seconds add to ``name``."""
+        target = script.split() if script.startswith("-m ") else [str(ROOT / script)]
+        cmd = [sys.executable, *target, *flags]
         logger.info("[%s] %s", name, shlex.join(cmd))
         start = time.time()
         subprocess.run(cmd, check=True, cwd=ROOT)
@@ -210,194 +239,229 @@ class Pipeline:
         p = self.preset
         common = p.get("common", [])
         train = p.get("train", []) if stage.startswith(("train", "pretrain")) else []
-        network = [] if stage == "pretrain" else ["--network", BACKBONES[self.args.backbone][stage.rpartition("_")[2]]]
+        network = [] if stage == "pretrain" else ["--network", self.network(stage)]
         return [*network, *common, *train, *p.get(stage, []), *shlex.split(getattr(self.args, f"{stage}_args"))]
+
+    def network(self, stage: str) -> str:
+        return BACKBONES[self.args.backbone][stage.rpartition("_")[2]]
+
+    def data_flags(self, with_labels: bool = False) -> dict:
+        """``--dataset`` and ``--dataset_root`` of every stage (and ``--cls_labels`` where labels are read)."""
+        flags = {"--dataset": self.args.dataset, "--dataset_root": self.data.root}
+        if with_labels and self.data.cls_labels is not None:
+            flags["--cls_labels"] = self.data.cls_labels
+        return flags
 
     def crf_alphas(self) -> list[float]:
         """The effective ``--crf_alphas`` of the infer_cls stage (its preset and user flags): the CRF folders."""
         return infer_cls_ser.crf_alphas_of(self.flags("infer_cls"))
 
-    def run_dir(self, variant: str, seed: int) -> Path:
-        return self.work / variant / f"seed{seed}"
-
-    def train(self, name: str, stage: str, session: Path, seed: int, stage_flags: dict) -> Path:
-        """``stage``'s training script on the training list from ``self.weights``, unless ``session``'s final
+    def train(self, name: str, stage: str, run: RunLayout, seed: int, stage_flags: dict) -> Path:
+        """``stage``'s training script on the training list from ``self.weights``, unless the session's final
         weights exist (TensorBoard next to them in tb_<cls|aff|seg>); returns those weights."""
-        final = session.with_suffix(".pth")
+        session = run.session(self.network(stage))
+        final = layout.session_files(session)["final"]
         if not final.exists():
             common = {
-                "--voc12_root": self.voc12_root,
-                "--train_list": self.train_list,
+                **self.data_flags(),
+                "--train_list": self.data.train_list,
                 "--session_name": session,
-                "--tblog_dir": session.parent / f"tb_{stage.rpartition('_')[2]}",
+                "--tblog_dir": run.tensorboard(stage.rpartition("_")[2]),
                 "--weights": self.weights,
                 "--seed": seed,
             }
             self.run(f"{name}/{stage}", STAGE_SCRIPTS[stage], argv({**common, **stage_flags}) + self.flags(stage))
         return final
 
-    # ------------------------------------------------------------------ stages
+    # ------------------------------------------------------------------ data
 
     def prepare_data(self) -> None:
-        if self.args.preset != "demo":
-            if self.args.weights is None:
-                raise SystemExit("--preset paper needs --weights (ilsvrc-cls_rna-a1_cls1000_ep-0001.params)")
-            ids = load_img_id_list(self.eval_list)
-            if "seg" in self.args.stages:  # the segmentation network trains on the training list's walk labels
-                ids += load_img_id_list(self.train_list)
-            val_ids = load_img_id_list(self.val_list)[: self.args.figure_images]
-            text = "".join(f"{i}\n" for i in dict.fromkeys(ids + val_ids))
-            if not self.infer_list.exists() or self.infer_list.read_text() != text:
-                atomic_write_text(self.infer_list, text)
+        if self.args.preset == "demo":
+            self.data = DEMO_DATA[self.args.dataset](self, self.toy_params())
+            self.make_toy(make_toy_voc, self.work.pretrain_data, VOC_MARKER, self.toy_params(pretrain=True))
             return
-        toy, pretrain_toy = dict(self.preset["toy"]), dict(self.preset["pretrain_toy"])
+        if self.args.weights is None:
+            raise SystemExit("--preset paper needs --weights (ilsvrc-cls_rna-a1_cls1000_ep-0001.params)")
+        args = self.args
+        root = Path(args.dataset_root or get_dataset(args.dataset, None, check=False).root).resolve()
+        labels = self.work.cls_labels if args.dataset == "voc12" else None  # VOC: a cache read from the XML
+        self.data = Data(
+            root, Path(args.train_list), Path(args.val_list), Path(args.eval_list), self.work.infer_list, labels
+        )
+        ids = load_img_id_list(self.data.eval_list)
+        if "seg" in args.stages:  # the segmentation network trains on the training list's walk labels
+            ids += load_img_id_list(self.data.train_list)
+        write_list(self.work.infer_list, ids + load_img_id_list(self.data.val_list)[: args.figure_images])
+
+    def toy_params(self, pretrain: bool = False) -> dict:
+        """The demo's toy-set parameters, with the ``--toy_*`` / ``--pretrain_num_images`` overrides."""
+        if pretrain:
+            params = dict(self.preset["pretrain_toy"])
+            if self.args.pretrain_num_images is not None:
+                params["num_train"] = self.args.pretrain_num_images
+            return params
+        params = dict(self.preset["toy"])
         for key in ("num_train", "num_val", "size"):
             if getattr(self.args, f"toy_{key}") is not None:
-                toy[key] = getattr(self.args, f"toy_{key}")
-        if self.args.pretrain_num_images is not None:
-            pretrain_toy["num_train"] = self.args.pretrain_num_images
-        for root, params in ((self.voc12_root, toy), (self.pretrain_root, pretrain_toy)):
-            if not (root / MARKER_FILE).exists():
-                start = time.time()
-                make_toy_voc(root, **params)
-                self.stage_seconds["data"] = self.stage_seconds.get("data", 0.0) + time.time() - start
+                params[key] = getattr(self.args, f"toy_{key}")
+        return params
+
+    def make_toy(self, make, root: Path, marker: str, params: dict) -> None:
+        """``make(root, **params)`` unless ``root`` holds a finished toy set (its marker file)."""
+        if not (root / marker).exists():
+            start = time.time()
+            make(root, **params)
+            self.stage_seconds["data"] = self.stage_seconds.get("data", 0.0) + time.time() - start
+
+    def voc_demo(self, toy: dict) -> Data:
+        root = self.work.toy_data("voc12")
+        self.make_toy(make_toy_voc, root, VOC_MARKER, toy)
+        lists = root / "ImageSets" / "Segmentation"
+        return Data(
+            root,
+            lists / "train.txt",
+            lists / "val.txt",
+            lists / "train.txt",
+            lists / "trainval.txt",
+            self.work.cls_labels,
+        )
+
+    def coco_demo(self, toy: dict) -> Data:
+        """A toy set in the COCO-2014 layout, then ``coco14.prepare`` (masks, lists, labels) as on the real files."""
+        root, lists = self.work.toy_data("coco14"), self.work.lists
+        self.make_toy(make_toy_coco, root, COCO_MARKER, toy)
+        if not (lists / "cls_labels.npz").exists():
+            self.run(
+                "prepare", "-m coco14.prepare", argv({"--coco_root": root, "--list_dir": lists, "--num_workers": 1})
+            )
+        train, val = lists / "train.txt", lists / "val.txt"
+        write_list(self.work.infer_list, load_img_id_list(train) + load_img_id_list(val))
+        return Data(root, train, val, train, self.work.infer_list, lists / "cls_labels.npz")
+
+    def folder_demo(self, toy: dict) -> Data:
+        """A toy set in the folder layout (images/, classes.txt, labels.txt, masks/, train.txt, val.txt)."""
+        root = self.work.toy_data("folder")
+        self.make_toy(make_toy_folder, root, FOLDER_MARKER, toy)
+        train, val = root / "train.txt", root / "val.txt"
+        write_list(self.work.infer_list, load_img_id_list(train) + load_img_id_list(val))
+        return Data(root, train, val, train, self.work.infer_list, None)
+
+    # ------------------------------------------------------------------ stages
 
     def pretrain(self) -> None:
         """Demo only: the backbone weights both training stages start from (the stand-in for ImageNet's)."""
-        out = self.work / "pretrain"
-        session = out / "resnet38_pretrain"
-        self.weights = str(session.with_suffix(".pth"))
-        if session.with_suffix(".pth").exists():
+        session = self.work.pretrain_session
+        final = layout.session_files(session)["final"]
+        self.weights = str(final)
+        if final.exists():
             return
-        lists = self.pretrain_root / "ImageSets" / "Segmentation"
+        root = self.work.pretrain_data
+        lists = root / "ImageSets" / "Segmentation"
         flags = argv(
             {
-                "--voc12_root": self.pretrain_root,
+                "--dataset": "voc12",  # a toy VOC set for every demo: the stand-in for ImageNet is separate data
+                "--dataset_root": root,
                 "--train_list": lists / "train.txt",
                 "--val_list": lists / "val.txt",
                 "--session_name": session,
-                "--tblog_dir": out / "tb",
-                "--cls_labels": self.work / "pretrain_cls_labels.npz",
+                "--tblog_dir": self.work.pretrain_tensorboard,
+                "--cls_labels": self.work.pretrain_labels,
             }
         )
         self.run("pretrain", "train_cls_ser.py", flags + self.flags("pretrain"))
 
     def cls_pipeline(self, variant: str, seed: int) -> dict:
         """train_cls_ser -> infer_cls_ser -> CAM evaluation; returns the CAM scores."""
-        out = self.run_dir(variant, seed)
+        run = self.work.run(variant, seed)
         name = f"{variant}/seed{seed}"
-        stage_flags = {"--val_list": self.val_list, "--cls_labels": self.work / "cls_labels.npz"}
+        stage_flags = {"--val_list": self.data.val_list, **self.data_flags(with_labels=True)}
         if variant == "baseline":
             stage_flags["--ser_weight"] = 0
-        weights = self.train(name, "train_cls", out / "resnet38_cls_ser", seed, stage_flags)
-        ids = load_img_id_list(self.infer_list)
-        cam, cam_pred, crf = out / "cam", out / "cam_pred", out / "crf"
-        outputs = {"out_cam": cam, "out_cam_pred": cam_pred, "out_crf": crf, "crf_alphas": self.crf_alphas()}
+        weights = self.train(name, "train_cls", run, seed, stage_flags)
+        ids = load_img_id_list(self.data.infer_list)
+        outputs = {
+            "out_cam": run.cam,
+            "out_cam_pred": run.cam_pred,
+            "out_crf": run.crf,
+            "crf_alphas": self.crf_alphas(),
+        }
         if not all(layout.all_exist(layout.cam_stage_paths(i, **outputs)) for i in ids):
-            flags = argv(
-                {
-                    "--weights": weights,
-                    "--infer_list": self.infer_list,
-                    "--voc12_root": self.voc12_root,
-                    "--cls_labels": self.work / "cls_labels.npz",
-                    "--out_cam": cam,
-                    "--out_cam_pred": cam_pred,
-                    "--out_crf": crf,
-                }
-            )
-            self.run(f"{name}/infer_cls", "infer_cls_ser.py", flags + self.flags("infer_cls"))
-        return self.evaluate(f"{name}/eval_cam", cam_pred, out / "eval_cam.json")
+            flags = {"--weights": weights, "--infer_list": self.data.infer_list, **self.data_flags(with_labels=True)}
+            flags.update({"--out_cam": run.cam, "--out_cam_pred": run.cam_pred, "--out_crf": run.crf})
+            self.run(f"{name}/infer_cls", "infer_cls_ser.py", argv(flags) + self.flags("infer_cls"))
+        return self.evaluate(f"{name}/eval_cam", run.cam_pred, run.eval_json("cam"))
 
     def aff_pipeline(self, variant: str, seed: int) -> dict:
         """train_aff -> infer_aff -> random-walk evaluation; returns the scores."""
-        out = self.run_dir(variant, seed)
+        run = self.work.run(variant, seed)
         name = f"{variant}/seed{seed}"
-        la_crf, ha_crf = layout.la_ha_crf_dirs(out / "crf", self.crf_alphas())
-        weights = self.train(
-            name, "train_aff", out / "resnet38_aff", seed, {"--la_crf_dir": la_crf, "--ha_crf_dir": ha_crf}
-        )
-        ids = load_img_id_list(self.infer_list)
-        rw = out / "rw"
-        if not all(layout.all_exist(layout.rw_stage_paths(i, rw)) for i in ids):
-            flags = argv(
-                {
-                    "--weights": weights,
-                    "--infer_list": self.infer_list,
-                    "--cam_dir": out / "cam",
-                    "--voc12_root": self.voc12_root,
-                    "--out_rw": rw,
-                }
-            )
-            self.run(f"{name}/infer_aff", "infer_aff.py", flags + self.flags("infer_aff"))
-        return self.evaluate(f"{name}/eval_rw", rw, out / "eval_rw.json")
-
-    def evaluate(self, name: str, predict_dir: Path, json_path: Path, image_list: Path | None = None) -> dict:
-        if not json_path.exists():
-            flags = argv(
-                {
-                    "--list": image_list or self.eval_list,
-                    "--predict_dir": predict_dir,
-                    "--gt_dir": self.gt_dir,
-                    "--json": json_path,
-                    "--logfile": self.work / "evallog.txt",
-                    "--comment": name,
-                }
-            )
-            self.run(name, "evaluation.py", flags)
-        return json.loads(json_path.read_text())
+        la_crf, ha_crf = layout.la_ha_crf_dirs(run.crf, self.crf_alphas())
+        weights = self.train(name, "train_aff", run, seed, {"--la_crf_dir": la_crf, "--ha_crf_dir": ha_crf})
+        ids = load_img_id_list(self.data.infer_list)
+        if not all(layout.all_exist(layout.rw_stage_paths(i, run.rw)) for i in ids):
+            flags = {"--weights": weights, "--infer_list": self.data.infer_list, "--cam_dir": run.cam}
+            flags.update({**self.data_flags(), "--out_rw": run.rw})
+            self.run(f"{name}/infer_aff", "infer_aff.py", argv(flags) + self.flags("infer_aff"))
+        return self.evaluate(f"{name}/eval_rw", run.rw, run.eval_json("rw"))
 
     def seg_pipeline(self, variant: str, seed: int) -> dict:
         """train_seg on the random-walk labels of the training list -> infer_seg on val -> evaluation on val."""
-        out = self.run_dir(variant, seed)
+        run = self.work.run(variant, seed)
         name = f"{variant}/seed{seed}"
-        weights = self.train(name, "train_seg", out / "resnet38_seg", seed, {"--label_dir": out / "rw"})
-        seg = out / "seg_val"
-        if not all(layout.all_exist(layout.seg_stage_paths(i, seg)) for i in load_img_id_list(self.val_list)):
-            flags = argv(
-                {
-                    "--weights": weights,
-                    "--infer_list": self.val_list,
-                    "--voc12_root": self.voc12_root,
-                    "--out_seg": seg,
-                }
-            )
-            self.run(f"{name}/infer_seg", "infer_seg.py", flags + self.flags("infer_seg"))
-        return self.evaluate(f"{name}/eval_seg", seg, out / "eval_seg.json", self.val_list)
+        weights = self.train(name, "train_seg", run, seed, {"--label_dir": run.rw})
+        val_ids = load_img_id_list(self.data.val_list)
+        if not all(layout.all_exist(layout.seg_stage_paths(i, run.seg_val)) for i in val_ids):
+            flags = {"--weights": weights, "--infer_list": self.data.val_list, **self.data_flags()}
+            flags["--out_seg"] = run.seg_val
+            self.run(f"{name}/infer_seg", "infer_seg.py", argv(flags) + self.flags("infer_seg"))
+        return self.evaluate(f"{name}/eval_seg", run.seg_val, run.eval_json("seg"), self.data.val_list)
+
+    def evaluate(self, name: str, predict_dir: Path, json_path: Path, image_list: Path | None = None) -> dict:
+        if not json_path.exists():
+            flags = {"--list": image_list or self.data.eval_list, "--predict_dir": predict_dir, **self.data_flags()}
+            flags.update({"--json": json_path, "--logfile": self.work.eval_log, "--comment": name})
+            self.run(name, "evaluation.py", argv(flags))
+        return json.loads(json_path.read_text())
+
+    # ------------------------------------------------------------------ reporting
 
     def background_only(self) -> tuple[float, float]:
-        """mIoU (21 classes, present classes) of predicting background everywhere: the floor any CAM must beat."""
+        """mIoU (all classes, present classes) of predicting background everywhere: the floor any CAM must beat."""
         conf = 0
-        for i in load_img_id_list(self.eval_list):
-            gt = load_label_png(segmentation_path(self.voc12_root, i))
-            conf = conf + confusion(gt, np.zeros_like(gt))
+        for i in load_img_id_list(self.data.eval_list):
+            gt = load_label_png(self.info.mask_path(i))
+            conf = conf + confusion(gt, np.zeros_like(gt), self.info.num_classes)
         scores = scores_from_confusion(conf)
         return 100 * scores["mIoU"], 100 * scores["mIoU_present"]
 
-    def figure_ids(self, out: Path, n: int) -> list[str]:
+    def figure_ids(self, run: RunLayout, n: int) -> list[str]:
         """The ``n`` inferred val images where the random walk gains most over the CAM (per-image mIoU)."""
-        inferred = set(load_img_id_list(self.infer_list))
+        inferred = set(load_img_id_list(self.data.infer_list))
         gains = []
-        for i in load_img_id_list(self.val_list):
+        for i in load_img_id_list(self.data.val_list):
             if i not in inferred:
                 continue
-            gt = load_label_png(segmentation_path(self.voc12_root, i))
-            cam = load_label_png(out / "cam_pred" / f"{i}.png")
-            rw = load_label_png(out / "rw" / f"{i}.png")
-            gains.append((image_miou(gt, rw) - image_miou(gt, cam), i))
+            gt = load_label_png(self.info.mask_path(i))
+            cam = load_label_png(layout.cam_stage_paths(i, out_cam_pred=run.cam_pred)["cam_pred"])
+            rw = load_label_png(layout.rw_stage_paths(i, run.rw)["rw"])
+            k = self.info.num_classes
+            gains.append((image_miou(gt, rw, k) - image_miou(gt, cam, k), i))
         return [i for _, i in sorted(gains, key=lambda g: -g[0])[:n]]
 
-    def figure(self, out: Path, path: Path, n: int) -> None:
+    def figure(self, run: RunLayout, path: Path, n: int) -> None:
         """Rows of (image, ground truth, CAM prediction, CRF label, random-walk label) for ``n`` val images."""
-        palette = voc_palette()
+        palette = self.info.palette
+        alpha = min(self.crf_alphas())
         rows = []
-        for i in self.figure_ids(out, n):
-            image = np.asarray(load_rgb(jpeg_path(self.voc12_root, i)))
-            keys, scores = load_scores(layout.crf_dir(out / "crf", min(self.crf_alphas())) / f"{i}.npz", kind="crf")
+        for i in self.figure_ids(run, n):
+            image = np.asarray(load_rgb(self.info.image_path(i)))
+            cam_files = layout.cam_stage_paths(i, out_cam_pred=run.cam_pred, out_crf=run.crf, crf_alphas=[alpha])
+            keys, scores = load_scores(cam_files[layout.crf_kind(alpha)], kind="crf")
             labels = (
-                load_label_png(segmentation_path(self.voc12_root, i)),
-                load_label_png(out / "cam_pred" / f"{i}.png"),
+                load_label_png(self.info.mask_path(i)),
+                load_label_png(cam_files["cam_pred"]),
                 keys[np.argmax(scores, axis=0)],
-                load_label_png(out / "rw" / f"{i}.png"),
+                load_label_png(layout.rw_stage_paths(i, run.rw)["rw"]),
             )
             tiles = [image] + [palette[label] for label in labels]
             rows.append(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in tiles], 1))
@@ -407,6 +471,10 @@ class Pipeline:
         grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
         with atomic_path(path) as tmp:
             Image.fromarray(grid.astype(np.uint8)).save(tmp, format="PNG")
+
+
+# How each dataset's demo makes its data (docs/datasets.md): a toy set in the dataset's own layout.
+DEMO_DATA = {"voc12": Pipeline.voc_demo, "coco14": Pipeline.coco_demo, "folder": Pipeline.folder_demo}
 
 
 def run_variants(pipe: Pipeline, args: argparse.Namespace) -> dict:
@@ -423,15 +491,14 @@ def run_variants(pipe: Pipeline, args: argparse.Namespace) -> dict:
         mean, std = mean_and_std(list(runs.values()))
         results[variant] = {"seeds": runs, "mean": mean, "std": std}
         if args.figure_images > 0 and {"cam", "rw"} <= set(args.stages):
-            first = pipe.run_dir(variant, args.seeds[0])
-            pipe.figure(first, pipe.work / f"figure_{variant}.png", args.figure_images)
+            pipe.figure(pipe.work.run(variant, args.seeds[0]), pipe.work.figure(variant), args.figure_images)
     return results
 
 
 def main(args: argparse.Namespace) -> dict:
     pipe = Pipeline(args)
-    pipe.work.mkdir(parents=True, exist_ok=True)
-    setup_logger(pipe.work / "pipeline.log")
+    pipe.work.root.mkdir(parents=True, exist_ok=True)
+    setup_logger(pipe.work.log)
     start = time.time()
     pipe.prepare_data()
     if args.preset == "demo":
@@ -441,6 +508,8 @@ def main(args: argparse.Namespace) -> dict:
     floor, floor_present = pipe.background_only()
     summary = {
         "preset": args.preset,
+        "dataset": args.dataset,
+        "num_classes": pipe.info.num_classes,
         **headline,
         "background_only_miou": floor,
         "background_only_miou_present": floor_present,
@@ -448,22 +517,23 @@ def main(args: argparse.Namespace) -> dict:
         "stage_seconds": pipe.stage_seconds,
         "total_seconds": time.time() - start,
         "settings": {
-            "work_dir": str(pipe.work),
-            "voc12_root": str(pipe.voc12_root),
-            "eval_list": str(pipe.eval_list),
+            "work_dir": str(pipe.work.root),
+            "dataset": args.dataset,
+            "dataset_root": str(pipe.data.root),
+            "eval_list": str(pipe.data.eval_list),
             "seeds": args.seeds,
             "weights": pipe.weights,
             "preset_flags": PRESETS[args.preset],
             "extra_flags": {s: getattr(args, f"{s}_args") for s in STAGES},
         },
     }
-    atomic_write_text(pipe.work / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(pipe.work.summary, json.dumps(summary, indent=2) + "\n")
     print(format_table(summary))
     return summary
 
 
 def _cell(mean: dict, std: dict, key: str, n_seeds: int) -> str:
-    """``21-class / present-class`` mIoU of one stage, with the spread over seeds when there are several."""
+    """``all-class / present-class`` mIoU of one stage, with the spread over seeds when there are several."""
     if f"{key}_miou" not in mean:
         return "-"
     all_classes, present = mean[f"{key}_miou"], mean[f"{key}_miou_present"]
@@ -473,13 +543,14 @@ def _cell(mean: dict, std: dict, key: str, n_seeds: int) -> str:
 
 
 def format_table(summary: dict) -> str:
-    """mIoU over all 21 classes and over the classes present in the ground truth, per-class IoU, stage times."""
+    """mIoU over all classes and over the classes present in the ground truth, per-class IoU, stage times."""
     settings = summary["settings"]
     n_seeds = len(settings["seeds"])
     means = [r["mean"] for r in summary["variants"].values()]
     stages = [s for s in ("cam", "rw", "seg") if any(f"{s}_miou" in m for m in means)]
     titles = {"cam": "CAM", "rw": "CAM + RW", "seg": "seg net (val)"}
-    lines = ["", f"mIoU, all 21 classes / the classes present in the GT (CAM, RW: {settings['eval_list']}; seg: val)"]
+    n = summary["num_classes"]
+    lines = ["", f"mIoU, all {n} classes / the classes present in the GT (CAM, RW: {settings['eval_list']}; seg: val)"]
     spread = f" (mean +- std, {n_seeds} seeds)" if n_seeds > 1 else ""
     lines.append(f"{'model' + spread:<34}" + "".join(f"{titles[s]:>24}" for s in stages))
     for variant, r in summary["variants"].items():

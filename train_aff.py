@@ -14,12 +14,14 @@ import argparse
 from engine import flags, training
 from network.resnet38_aff import affinity_loss
 from tool import cli
+from tool.dataset import load_img_id_list
 from voc12.data import VOC12AffDataset
-from voc12.voc import load_img_id_list
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train AffinityNet (ResNet38) on CRF-refined CAM labels")
+    parser = flags.ArgumentParser(
+        description="Train AffinityNet (ResNet38) on CRF-refined CAM labels", script="train_aff"
+    )
     reason = "the radius-5 pairs need 9 x 9 cells of the stride-8 grid"
     training.add_training_args(
         parser, "network.resnet38_aff", batch_size=8, max_epoches=8, min_crop=72, min_crop_reason=reason
@@ -40,11 +42,12 @@ def loss_fn(model, batch, device):
 
 
 def main(args: argparse.Namespace) -> dict:
+    info = flags.dataset_of(args)
     load_img_id_list(args.train_list)  # duplicate ids are an error here: they would weigh twice
     model = training.build_model(args)
     dataset = VOC12AffDataset(
         args.train_list,
-        args.voc12_root,
+        info,
         args.la_crf_dir,
         args.ha_crf_dir,
         crop_size=args.crop_size,

@@ -17,20 +17,21 @@ from torch.utils.data import DataLoader
 from engine import flags, training
 from network.resnet38_cls_ser import classification_loss, ssenet_loss
 from tool import cli
+from tool.dataset import load_img_id_list
 from tool.visualization import cam_panel
 from voc12.data import TrainClsTransform, ValClsTransform, VOC12ClsDataset
-from voc12.make_cls_labels import load_or_build_cls_labels
-from voc12.voc import load_img_id_list
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train SSENet (ResNet38 CAM network with scale equivariance)")
+    parser = flags.ArgumentParser(
+        description="Train SSENet (ResNet38 CAM network with scale equivariance)", script="train_cls_ser"
+    )
     training.add_training_args(parser, "network.resnet38_cls_ser", batch_size=16, max_epoches=15)
     parser.add_argument("--val_list", default="voc12/val.txt", help="validation list ('' skips validation)")
     parser.add_argument(
         "--val_crop_size", type=cli.int_range(8, 4096), default=500, help="validation centre crop, pixels, 8..4096"
     )
-    parser.add_argument("--cls_labels", default="voc12/cls_labels.npz", help="image-level label cache")
+    flags.add_cls_labels_flag(parser)
     resize_help = "random long-side resize range, pixels, 8 <= LOW <= HIGH <= 4096 (reference: 448 768)"
     flags.add_range_flag(parser, "--resize_long", cli.int_range(8, 4096), (448, 768), resize_help)
     parser.add_argument(
@@ -88,17 +89,18 @@ def evaluate(model, loader, device) -> dict[str, float]:
 
 
 def main(args: argparse.Namespace) -> dict:
-    model = training.build_model(args)
+    info = flags.dataset_of(args)
+    model = training.build_model(args, info.num_fg_classes)
     ids = load_img_id_list(args.train_list)
     val_ids = load_img_id_list(args.val_list) if args.val_list else []
-    labels = load_or_build_cls_labels(args.voc12_root, ids + val_ids, args.cls_labels)
+    labels = info.load_labels(ids + val_ids, args.cls_labels)
     # The network's own input normalisation (ImageNet for ResNet38, Caffe BGR means for VGG16).
     transform = TrainClsTransform(tuple(args.resize_long), args.crop_size, normalize=model.normalize)
-    dataset = VOC12ClsDataset(args.train_list, args.voc12_root, labels, transform)
+    dataset = VOC12ClsDataset(args.train_list, info, labels, transform)
     val_fn = None
     if args.val_list:
         val_transform = ValClsTransform(args.val_crop_size, normalize=model.normalize)
-        val_set = VOC12ClsDataset(args.val_list, args.voc12_root, labels, val_transform)
+        val_set = VOC12ClsDataset(args.val_list, info, labels, val_transform)
         val_loader = DataLoader(
             val_set, batch_size=max(1, args.batch_size // args.accum_steps), shuffle=False, num_workers=args.num_workers
         )

@@ -30,15 +30,17 @@ from torch.utils.data import DataLoader
 from engine import flags, training
 from network.resnet38_seg import segmentation_loss
 from tool import cli, imutils
+from tool.dataset import load_img_id_list
 from tool.fileio import load_label_png
 from tool.metrics import confusion, scores_from_confusion
 from tool.visualization import seg_panel
 from voc12.data import VOC12ImageDataset, VOC12SegDataset
-from voc12.voc import NUM_CLASSES, load_img_id_list, voc_palette
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train a segmentation network (ResNet38, VGG16) on pseudo labels")
+    parser = flags.ArgumentParser(
+        description="Train a segmentation network (ResNet38, VGG16) on pseudo labels", script="train_seg"
+    )
     # SEAM's released config (and its issue #11): TRAIN_BATCHES 10; 20k iterations x batch 10 over the 10,582
     # train_aug images = 18.9 epochs; TRAIN_LR 0.001 (new layers 10x); TRAIN_MOMENTUM 0.9 (no positional quirk in
     # that code); DATA_RANDOMCROP 448 (its authors also mention 321), the shared default.
@@ -56,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="switch off the colour jitter (brightness/contrast/saturation 0.3, hue 0.1; SEAM jitters HSV too)",
     )
     parser.add_argument("--val_list", default="", help="images scored (single scale, mIoU) after each epoch ('' skips)")
-    parser.add_argument("--val_gt_dir", help="ground truth of --val_list (default: <voc12_root>/SegmentationClass)")
+    parser.add_argument("--val_gt_dir", help="ground truth of --val_list (default: the dataset's masks)")
     return parser
 
 
@@ -68,40 +70,68 @@ def loss_fn(model, batch, device):
     return loss, {"loss": loss.item()}, vis
 
 
-def make_vis_fn(denormalize):
+def make_vis_fn(denormalize, palette: np.ndarray):
     """Image, training label and prediction of the first image of the batch; ``denormalize`` is the network's."""
 
     def vis_fn(writer, vis, step: int) -> None:
         pred = vis["logits"].detach().argmax(0).cpu().numpy()
         image, label = vis["image"].float().cpu().numpy(), vis["label"].cpu().numpy()
-        writer.add_image("segmentation", seg_panel(image, label, pred, voc_palette(), denormalize), step)
+        writer.add_image("segmentation", seg_panel(image, label, pred, palette, denormalize), step)
 
     return vis_fn
 
 
 @torch.no_grad()
-def evaluate(model, loader, gt_dir: Path, device, normalize: imutils.Normalizer) -> dict[str, float]:
-    """Single-scale mIoU (21 classes, percent) of the whole images of ``loader`` against ``gt_dir``;
-    ``normalize`` is the network's own (``Net.normalize``; ``model`` may be a DDP wrapper without it)."""
+def evaluate(model, loader, gt_path, device, normalize: imutils.Normalizer, num_classes: int) -> dict[str, float]:
+    """Single-scale mIoU (over all ``num_classes`` and over the present ones, percent) of the whole images of
+    ``loader``; ``gt_path(id)`` is an image's ground-truth PNG; ``normalize`` is the network's own
+    (``Net.normalize``; ``model`` may be a DDP wrapper without it)."""
     model.eval()
-    conf = np.zeros((NUM_CLASSES, NUM_CLASSES + 1), dtype=np.int64)
+    conf = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
     for image_id, image in loader:
         x = torch.from_numpy(imutils.hwc_to_chw(normalize(image.numpy())))[None].to(device)
         pred = model(x)[0].argmax(0).cpu().numpy()
-        conf += confusion(load_label_png(gt_dir / f"{image_id}.png"), pred)
+        conf += confusion(load_label_png(gt_path(image_id)), pred, num_classes)
     scores = scores_from_confusion(conf)
-    return {"mIoU": 100 * scores["mIoU"], "mIoU_foreground": 100 * scores["mIoU_foreground"]}
+    present = scores["mIoU_present"]
+    return {
+        "mIoU": 100 * scores["mIoU"],
+        "mIoU_foreground": 100 * scores["mIoU_foreground"],
+        "mIoU_present": None if present is None else 100 * present,
+    }
+
+
+def val_gt_paths(args: argparse.Namespace, info, val_ids: list[str]):
+    """``id -> ground-truth PNG`` of the validation images (``--val_gt_dir`` or the dataset's masks), all checked."""
+    if args.val_gt_dir:
+        gt_dir = Path(args.val_gt_dir)
+        if not gt_dir.is_dir():
+            raise cli.MissingFileError(f"--val_gt_dir {gt_dir}: not a folder (ground truth of --val_list)")
+
+        def gt_path(image_id: str) -> Path:
+            return gt_dir / f"{image_id}.png"
+
+    else:
+        gt_path = info.mask_path
+    missing = [i for i in val_ids if not gt_path(i).is_file()]
+    if missing:
+        raise cli.MissingFileError(
+            f"{len(missing)} ground-truth mask(s) of --val_list {args.val_list} missing; first: {gt_path(missing[0])}"
+        )
+    return gt_path
 
 
 def main(args: argparse.Namespace) -> dict:
     if not Path(args.label_dir).is_dir():
         raise cli.MissingFileError(f"--label_dir {args.label_dir}: not a folder (infer_aff.py --out_rw writes it)")
+    info = flags.dataset_of(args)
     load_img_id_list(args.train_list)  # duplicate ids are an error here: they would weigh twice
     val_ids = load_img_id_list(args.val_list) if args.val_list else None  # scored once each
-    model = training.build_model(args)
+    gt_path = val_gt_paths(args, info, val_ids) if val_ids is not None else None
+    model = training.build_model(args, info.num_classes)
     dataset = VOC12SegDataset(
         args.train_list,
-        args.voc12_root,
+        info,
         args.label_dir,
         crop_size=args.crop_size,
         scale_range=tuple(args.scale_range),
@@ -110,17 +140,15 @@ def main(args: argparse.Namespace) -> dict:
     )
     val_fn = None
     if val_ids is not None:
-        gt_dir = Path(args.val_gt_dir) if args.val_gt_dir else Path(args.voc12_root) / "SegmentationClass"
-        if not gt_dir.is_dir():
-            raise cli.MissingFileError(f"--val_gt_dir {gt_dir}: not a folder (ground truth of --val_list)")
         # batch_size=None: whole images of different sizes, one by one.
-        val_loader = DataLoader(VOC12ImageDataset(args.val_list, args.voc12_root, ids=val_ids), batch_size=None)
+        val_loader = DataLoader(VOC12ImageDataset(args.val_list, info, ids=val_ids), batch_size=None)
         normalize = model.normalize
 
         def val_fn(model, device):
-            return evaluate(model, val_loader, gt_dir, device, normalize)
+            return evaluate(model, val_loader, gt_path, device, normalize, info.num_classes)
 
-    return training.train(args, model, dataset, loss_fn, val_fn, make_vis_fn(model.denormalize))
+    vis_fn = make_vis_fn(model.denormalize, info.palette)
+    return training.train(args, model, dataset, loss_fn, val_fn, vis_fn)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ from PIL import Image
 
 import evaluation
 from bench.benchutils import add_results_flag, cpu_model, record, timed
+from tool.dataset import color_map
 from tool.fileio import save_png, save_scores
-from voc12.voc import voc_palette
 
 HEIGHT, WIDTH = 375, 500
 
@@ -79,7 +79,7 @@ def void_borders(mask: np.ndarray, width: int = 2) -> np.ndarray:
 
 def make_data(root: Path, num_images: int, num_cams: int, seed: int = 0) -> tuple[list[str], list[str]]:
     rng = np.random.default_rng(seed)
-    palette = voc_palette()
+    palette = color_map()
     for sub in ("gt", "pred", "cam"):
         (root / sub).mkdir()
     ids = [f"img_{i:05d}" for i in range(max(num_images, num_cams))]

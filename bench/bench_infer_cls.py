@@ -39,11 +39,11 @@ from bench.benchutils import add_results_flag, cpu_model, record, timed
 from network.resnet38_cls_ser import Net
 from tool import layout
 from tool.crf import crf_scores_with_alpha
+from tool.dataset import color_map, load_img_id_list
 from tool.fileio import load_scores, save_png, save_scores
 from voc12.data import VOC12ClsDatasetMSF
-from voc12.make_cls_labels import load_or_build_cls_labels
+from voc12.dataset import VOC12
 from voc12.make_toy_voc import make_toy_voc
-from voc12.voc import load_img_id_list, voc_palette
 
 WIDTH = 0.125
 SECTION = "## CAM inference"
@@ -54,13 +54,14 @@ def reference_style(args: argparse.Namespace, out: Path) -> tuple[int, float, fl
 
     Returns the number of images and the wall seconds spent in the network (with the CAM maths) and in the CRF.
     """
-    labels = load_or_build_cls_labels(args.voc12_root, load_img_id_list(args.infer_list), args.cls_labels)
-    dataset = VOC12ClsDatasetMSF(args.infer_list, args.voc12_root, labels, args.scales, normalize=Net.normalize)
+    info = VOC12(args.dataset_root)
+    labels = info.load_labels(load_img_id_list(args.infer_list), args.cls_labels)
+    dataset = VOC12ClsDatasetMSF(args.infer_list, info, labels, args.scales, normalize=Net.normalize)
     loader = DataLoader(dataset, batch_size=None, num_workers=args.num_workers)
     model = Net(width_mult=WIDTH)
     model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     model.eval()
-    palette = voc_palette()
+    palette = color_map()
     t_net = t_crf = 0.0
     for item in loader:
         start = time.perf_counter()
@@ -172,7 +173,7 @@ def main() -> None:
         torch.save(Net(width_mult=WIDTH).state_dict(), tmp / "weights.pth")
         list_path = tmp / "voc" / "ImageSets" / "Segmentation" / "train.txt"
         ids = list_path.read_text().split()
-        load_or_build_cls_labels(tmp / "voc", ids, tmp / "labels.npz")
+        VOC12(tmp / "voc").load_labels(ids, tmp / "labels.npz")
 
         def args_for(out: Path, *extra: str) -> argparse.Namespace:
             return infer_args(tmp, list_path, cli.num_workers, out, *extra)

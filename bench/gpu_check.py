@@ -38,9 +38,10 @@ from bench.bench_randomwalk import make_inputs, parse_grid
 from bench.benchutils import RESULTS, add_results_flag, cpu_model, record
 from network import resnet38_aff, resnet38_cls_ser
 from tool import cli, torchutils
+from tool.dataset import load_img_id_list
 from tool.randomwalk import propagate
 from voc12.make_toy_voc import make_toy_voc
-from voc12.voc import jpeg_path, load_img_id_list
+from voc12.voc import jpeg_path
 
 SECTION = "## GPU check"
 REPO = Path(__file__).resolve().parents[1]

@@ -23,15 +23,18 @@ from engine.script import ScriptEnv, script_context
 from network import build_network
 from network.resnet38d import load_weights
 from tool import cli, layout, torchutils
+from tool.dataset import load_img_id_list
 from tool.fileio import remove_stale_temps
-from voc12.voc import load_img_id_list
 
 logger = logging.getLogger(__name__)
 
 
-def load_model(network: str, width_mult: float, weights: str, device: torch.device) -> torch.nn.Module:
-    """The network module ``network`` at ``width_mult`` with ``weights`` (head included), in eval mode on ``device``."""
-    model = build_network(network, width_mult)
+def load_model(
+    network: str, width_mult: float, weights: str, device: torch.device, num_classes: int | None = None
+) -> torch.nn.Module:
+    """The network module ``network`` at ``width_mult`` with ``num_classes`` outputs (None: a head without classes)
+    and ``weights`` (head included), in eval mode on ``device``."""
+    model = build_network(network, width_mult, num_classes)
     load_weights(model, weights, allow_missing_head=False)
     return model.eval().to(device)
 

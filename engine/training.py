@@ -47,7 +47,7 @@ from engine import flags
 from engine.script import ScriptEnv, script_context
 from network import build_network
 from network.resnet38d import load_weights
-from tool import cli, pyutils, torchutils
+from tool import cli, layout, pyutils, torchutils
 from tool.cli import InputError
 from tool.fileio import atomic_path, remove_stale_temps
 
@@ -68,14 +68,14 @@ def add_training_args(
 ) -> None:
     """The flags the training scripts share, with the script's reference values as defaults.
 
-    ``network`` is the default ``--network``; its module name is the default
+    ``network`` is the default ``--network``; the module name of the ``--network`` given is the default
     ``--session_name``. ``momentum`` None is the reference quirk (SGD momentum
     equal to the weight decay). ``--crop_size`` is checked against
     ``min_crop``, and its error gives ``min_crop_reason``.
     """
     _add_optimizer_args(parser, network, batch_size, max_epoches, lr, momentum)
     _add_init_args(parser)
-    _add_run_args(parser, network.rpartition(".")[2], crop_size, min_crop, min_crop_reason)
+    _add_run_args(parser, crop_size, min_crop, min_crop_reason)
 
 
 def _add_optimizer_args(
@@ -143,19 +143,19 @@ def _add_init_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_run_args(
-    parser: argparse.ArgumentParser, session_name: str, crop_size: int, min_crop: int, min_crop_reason: str
-) -> None:
+def _add_run_args(parser: argparse.ArgumentParser, crop_size: int, min_crop: int, min_crop_reason: str) -> None:
     """Data, outputs, device, seed and the run's length and logging."""
     parser.add_argument("--train_list", default="voc12/train_aug.txt", help="list of training images")
-    parser.add_argument("--session_name", default=session_name, help="output path prefix")
+    parser.add_argument(
+        "--session_name", help="output path prefix (default: the module name of --network, e.g. resnet38_cls_ser)"
+    )
     parser.add_argument(
         "--crop_size",
         type=cli.int_range(min_crop, 4096, why=min_crop_reason),
         default=crop_size,
         help=f"random crop side, pixels, {min_crop}..4096 (default {crop_size})",
     )
-    flags.add_data_flags(parser, root_help="VOC2012 devkit folder")
+    flags.add_data_flags(parser)
     parser.add_argument("--tblog_dir", default="./log", help="TensorBoard folder ('' disables)")
     flags.add_device_flags(parser)
     parser.add_argument("--seed", type=cli.int_range(0, 2**31 - 1), default=1, help="random seed (reference: 1)")
@@ -201,15 +201,18 @@ class TrainConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainConfig:
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        values["session_name"] = values["session_name"] or layout.session_name_of(args.network)
+        return cls(**values)
 
 
-def build_model(args: argparse.Namespace) -> torch.nn.Module:
-    """``--network`` module's ``Net`` at ``--width_mult``, initialised from ``--weights`` (flags of ``args``)."""
+def build_model(args: argparse.Namespace, num_classes: int | None = None) -> torch.nn.Module:
+    """``--network`` module's ``Net`` at ``--width_mult`` with ``num_classes`` outputs (None: a head without
+    classes), initialised from ``--weights`` (flags of ``args``)."""
     cfg = TrainConfig.from_args(args)
     # Seeded here so that --seed fixes the new layers' random init, whatever ran before in this process.
     torchutils.seed_everything(cfg.seed)
-    model = build_network(cfg.network, cfg.width_mult)
+    model = build_network(cfg.network, cfg.width_mult, num_classes)
     if cfg.weights:
         load_weights(model, cfg.weights, allow_missing_head=True)
     elif cfg.from_scratch:
@@ -260,16 +263,6 @@ class _EpochSampler(Sampler):
         return len(self.indices)
 
 
-def _paths(session_name: str) -> dict[str, Path]:
-    prefix = Path(session_name)
-    return {
-        "final": prefix.with_name(prefix.name + ".pth"),
-        "checkpoint": prefix.with_name(prefix.name + "_checkpoint.pth"),
-        "log": prefix.with_name(prefix.name + ".log"),
-        "jsonl": prefix.with_name(prefix.name + "_log.jsonl"),
-    }
-
-
 def _micro_batches(batch, n: int):
     """Split a collated batch (tuple/list of tensors or lists) into ``n`` equal chunks."""
     if n == 1:
@@ -312,7 +305,7 @@ def train(
     script's own, which are logged and stored in the checkpoints.
     """
     cfg = TrainConfig.from_args(args)
-    paths = _paths(cfg.session_name)
+    paths = layout.session_files(cfg.session_name)
     with script_context(args, paths["log"]) as env:
         return _train(cfg, vars(args), env, paths, model, dataset, loss_fn, val_fn, vis_fn)
 

@@ -27,6 +27,7 @@ class CamHead:
 
     def __init__(self, width_mult: float = 1.0, num_classes: int = NUM_FG_CLASSES, **backbone):
         super().__init__(width_mult, **backbone)
+        self.num_classes = num_classes
         self.dropout7 = nn.Dropout2d(0.5)
         self.fc8 = nn.Conv2d(self.out_channels, num_classes, 1, bias=False)
         nn.init.xavier_uniform_(self.fc8.weight)

@@ -29,6 +29,7 @@ class Net(resnet38d.Net):
         super().__init__(width_mult)
         for p in self.parameters():  # undo the backbone's freezing: everything trains here
             p.requires_grad_(True)
+        self.num_classes = num_classes
         self.fc_pretrain = nn.Conv2d(self.out_channels, num_classes, 1, bias=False)
         nn.init.xavier_uniform_(self.fc_pretrain.weight)
 

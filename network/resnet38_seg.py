@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from network import resnet38d
-from voc12.voc import IGNORE_INDEX, NUM_CLASSES
+from tool.metrics import IGNORE_INDEX
+from voc12.voc import NUM_CLASSES
 
 HEAD_CHANNELS = 512
 HEAD_DILATION = 12
@@ -37,6 +38,7 @@ class Net(resnet38d.Net):
     def __init__(self, width_mult: float = 1.0, num_classes: int = NUM_CLASSES):
         super().__init__(width_mult)
         d = HEAD_DILATION
+        self.num_classes = num_classes
         mid = resnet38d.scaled(HEAD_CHANNELS, width_mult)
         self.fc8_seg_conv1 = nn.Conv2d(self.out_channels, mid, 3, padding=d, dilation=d, bias=True)
         self.fc8_seg_conv2 = nn.Conv2d(mid, num_classes, 3, padding=d, dilation=d, bias=True)

@@ -333,6 +333,19 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def _check_class_count(model: nn.Module, path: Path, key: str, shape: torch.Size) -> None:
+    """Refuse, in one line naming both counts, a checkpoint whose class head has another class count."""
+    num_classes = getattr(model, "num_classes", None)
+    own = model.state_dict()[key].shape
+    head_prefixes = tuple(f"{n}." for n in model.new_layer_names)
+    same_input = len(shape) == len(own) and tuple(shape[1:]) == tuple(own[1:])
+    if num_classes is not None and key.startswith(head_prefixes) and own[0] == num_classes and same_input:
+        raise InputError(
+            f"--weights {path}: its head ({key}) has {shape[0]} classes, this network {num_classes} "
+            "(weights of another --dataset?)"
+        )
+
+
 def load_weights(model: nn.Module, path: str | Path, allow_missing_head: bool = True) -> None:
     """Load ``--weights`` into ``model`` (any of our networks): MXNet ``.params``, Caffe
     ``.caffemodel`` or a ``.pth``/``.pt`` state dict.
@@ -362,6 +375,7 @@ def load_weights(model: nn.Module, path: str | Path, allow_missing_head: bool = 
     state_dict = {k: v for k, v in state_dict.items() if k in own}
     for k, v in state_dict.items():
         if v.shape != own[k].shape:
+            _check_class_count(model, path, k, v.shape)
             raise InputError(
                 f"--weights {path}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)} "
                 "(another --width_mult or --network?)"

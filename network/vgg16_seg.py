@@ -36,6 +36,7 @@ class Net(vgg16d.Net):
     def __init__(self, width_mult: float = 1.0, num_classes: int = NUM_CLASSES):
         super().__init__(width_mult, fc6_dilation=FC6_DILATION)
         self.drop7 = nn.Dropout2d(0.5)
+        self.num_classes = num_classes
         self.fc8 = nn.Conv2d(self.out_channels, num_classes, 1, bias=True)
         nn.init.normal_(self.fc8.weight, std=FC8_INIT_STD)
         nn.init.zeros_(self.fc8.bias)

@@ -14,9 +14,10 @@ import infer_aff
 import train_aff
 from network.resnet38_aff import Net, affinity_loss
 from tests.helpers import quick_train_flags
+from tool.dataset import load_img_id_list
 from tool.fileio import load_label_png, load_scores, save_scores
 from voc12.make_toy_voc import make_toy_voc
-from voc12.voc import load_img_id_list, segmentation_path
+from voc12.voc import segmentation_path
 
 WIDTH = 0.125
 
@@ -50,7 +51,7 @@ def test_cam_grid_by_hand():
     # on its top-left 8x8 block and 0.5 elsewhere inside the image.
     cams = np.full((1, 12, 12), 0.5, np.float32)
     cams[0, :8, :8] = 1.0
-    grid = infer_aff.cam_grid(np.array([2]), cams, (16, 16), bg_score=0.2)
+    grid = infer_aff.cam_grid(np.array([2]), cams, (16, 16), bg_score=0.2, num_classes=21)
     assert grid.shape == (21, 2, 2)
     # Cell (0, 0) is inside the image: mean of 1.0; cell (1, 1) holds 4x4 = 16 of its 64 pixels.
     assert grid[3, 0, 0].item() == pytest.approx(1.0)

@@ -35,12 +35,13 @@ from network import resnet38_aff, resnet38_cls_ser, vgg16d
 from tests.caffe_wire import caffemodel_of
 from tests.helpers import quick_train_flags
 from tool import cli, torchutils
+from tool.dataset import color_map, load_img_id_list
 from tool.fileio import load_label_png, save_png, save_scores
 from voc12 import make_cls_labels, make_sbd_aug
 from voc12 import make_toy_voc as toy_voc
 from voc12.make_cls_labels import load_cls_labels, load_or_build_cls_labels, save_cls_labels
 from voc12.make_toy_voc import make_toy_voc
-from voc12.voc import jpeg_path, load_img_id_list, segmentation_path, voc_palette
+from voc12.voc import jpeg_path, segmentation_path
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH = "0.125"
@@ -77,7 +78,7 @@ def world(tmp_path_factory) -> dict:
         for alpha in ("4.0", "24.0"):
             crf = (0.9 * onehot + 0.1 / len(onehot)) / (0.9 + 0.1)
             save_scores(base / f"crf_{alpha}" / f"{image_id}.npz", [0, *classes], crf, kind="crf")
-        save_png(base / "pred" / f"{image_id}.png", gt.astype(np.uint8), voc_palette())
+        save_png(base / "pred" / f"{image_id}.png", gt.astype(np.uint8), color_map())
     torch.manual_seed(0)
     torch.save(resnet38_cls_ser.Net(width_mult=0.125).state_dict(), base / "cls.pth")
     torch.save(resnet38_aff.Net(width_mult=0.125).state_dict(), base / "aff.pth")
@@ -90,7 +91,7 @@ def world(tmp_path_factory) -> dict:
     )
     # Previously written outputs of every stage, which no failing run may touch.
     prev = base / "prev"
-    save_png(prev / "rw" / f"{ids[0]}.png", np.zeros((64, 64), np.uint8), voc_palette())
+    save_png(prev / "rw" / f"{ids[0]}.png", np.zeros((64, 64), np.uint8), color_map())
     save_scores(prev / "cam" / f"{ids[0]}.npz", [0], np.zeros((1, 64, 64), np.float32), kind="cam")
     torch.save({"model": {}}, prev / "sess_checkpoint.pth")
     (prev / "eval.json").write_text("{}\n")
@@ -731,7 +732,7 @@ def labels_of_root(w, tmp: Path, voc12_root: Path | None, flip: bool = False) ->
 def pred_dir_with(w, tmp: Path, label: np.ndarray) -> Path:
     folder = tmp / "pred"
     for image_id in w["ids"]:
-        save_png(folder / f"{image_id}.png", load_label_png(w["base"] / "pred" / f"{image_id}.png"), voc_palette())
+        save_png(folder / f"{image_id}.png", load_label_png(w["base"] / "pred" / f"{image_id}.png"), color_map())
     save_png(folder / f"{w['ids'][1]}.png", label)
     return folder
 
@@ -907,7 +908,7 @@ def sbd_tree(tmp: Path) -> dict:
     for image_id in ("2008_000000", "2008_000001"):
         seg = np.full((6, 9), 7, np.uint8)
         scipy.io.savemat(sbd / "cls" / f"{image_id}.mat", {"GTcls": {"Segmentation": seg}})
-    save_png(voc / "SegmentationClass" / "2008_000002.png", np.zeros((4, 5), np.uint8), voc_palette())
+    save_png(voc / "SegmentationClass" / "2008_000002.png", np.zeros((4, 5), np.uint8), color_map())
     sets = voc / "ImageSets" / "Segmentation"
     sets.mkdir(parents=True)
     (sets / "train.txt").write_text("2008_000000\n")

@@ -24,6 +24,7 @@ from voc12.data import (
     affinity_labels,
     label_from_crf_scores,
 )
+from voc12.dataset import VOC12
 
 DATA = Path(__file__).parent / "data"
 
@@ -135,7 +136,10 @@ def _items_equal(a, b) -> bool:
 def test_cls_dataset_train_transform(voc):
     root, labels = voc
     ds = VOC12ClsDataset(
-        root / "train.txt", root, labels, transform=TrainClsTransform((48, 64), crop_size=72, normalize=normalize)
+        root / "train.txt",
+        VOC12(root),
+        labels,
+        transform=TrainClsTransform((48, 64), crop_size=72, normalize=normalize),
     )
     assert len(ds) == 3 and ds.ids[1] == "2007_000002"
     image_id, img, label = ds[1]
@@ -154,14 +158,17 @@ def test_cls_dataset_train_transform(voc):
 
 def test_cls_dataset_without_transform_returns_pil(voc):
     root, labels = voc
-    _, img, _ = VOC12ClsDataset(root / "train.txt", root, labels)[0]
+    _, img, _ = VOC12ClsDataset(root / "train.txt", VOC12(root), labels)[0]
     assert isinstance(img, Image.Image) and img.mode == "RGB" and img.size == (56, 40)
 
 
 def test_loader_is_deterministic_with_workers(voc):
     root, labels = voc
     ds = VOC12ClsDataset(
-        root / "train.txt", root, labels, transform=TrainClsTransform((48, 64), crop_size=48, normalize=normalize)
+        root / "train.txt",
+        VOC12(root),
+        labels,
+        transform=TrainClsTransform((48, 64), crop_size=48, normalize=normalize),
     )
     pickle.dumps(ds)  # workers under spawn need a picklable dataset
 
@@ -177,7 +184,9 @@ def test_loader_is_deterministic_with_workers(voc):
 
 def test_val_transform_centres_image(voc):
     root, labels = voc
-    ds = VOC12ClsDataset(root / "train.txt", root, labels, transform=ValClsTransform(crop_size=64, normalize=normalize))
+    ds = VOC12ClsDataset(
+        root / "train.txt", VOC12(root), labels, transform=ValClsTransform(crop_size=64, normalize=normalize)
+    )
     _, img, _ = ds[0]  # 40 x 56 image in a 64 x 64 canvas at top 12, left 4
     assert img.shape == (3, 64, 64)
     with Image.open(root / "JPEGImages" / "2007_000001.jpg") as pil:
@@ -188,7 +197,7 @@ def test_val_transform_centres_image(voc):
 
 def test_msf_dataset(voc):
     root, labels = voc
-    ds = VOC12ClsDatasetMSF(root / "train.txt", root, labels, scales=(1.0, 0.5, 1.5), normalize=normalize)
+    ds = VOC12ClsDatasetMSF(root / "train.txt", VOC12(root), labels, scales=(1.0, 0.5, 1.5), normalize=normalize)
     item = ds[2]  # 64 x 130
     assert item["id"] == "2007_000003"
     assert item["image"].dtype == torch.uint8 and item["image"].shape == (64, 130, 3)
@@ -203,7 +212,7 @@ def test_msf_dataset(voc):
 
 def test_aff_dataset_shapes_and_determinism(voc):
     root, _ = voc
-    ds = VOC12AffDataset(root / "train.txt", root, root / "la", root / "ha", crop_size=96, normalize=normalize)
+    ds = VOC12AffDataset(root / "train.txt", VOC12(root), root / "la", root / "ha", crop_size=96, normalize=normalize)
     torch.manual_seed(0)
     item = ds[0]
     img, bg_pos, fg_pos, neg = item
@@ -224,7 +233,7 @@ def test_aff_dataset_shapes_and_determinism(voc):
 def test_aff_dataset_constant_scores_give_foreground_pairs(voc):
     root, _ = voc
     ds = VOC12AffDataset(
-        root / "one.txt", root, root / "const_la", root / "const_ha", crop_size=96, normalize=normalize
+        root / "one.txt", VOC12(root), root / "const_la", root / "const_ha", crop_size=96, normalize=normalize
     )
     _, bg_pos, fg_pos, neg = ds[0]
     # every cell is class index 1 in both stacks and the crop has no padding
@@ -236,14 +245,14 @@ def test_missing_files_are_named(voc, tmp_path):
     bad_list = tmp_path / "bad.txt"
     bad_list.write_text("2007_000001\n2007_999999\n")
     with pytest.raises(FileNotFoundError, match=r"2007_999999.*JPEGImages"):
-        VOC12ClsDataset(bad_list, root, {**labels, "2007_999999": np.zeros(20)})
+        VOC12ClsDataset(bad_list, VOC12(root), {**labels, "2007_999999": np.zeros(20)})
     with pytest.raises(KeyError, match="2007_999999"):
-        VOC12ClsDatasetMSF(bad_list, root, labels, normalize=normalize)
+        VOC12ClsDatasetMSF(bad_list, VOC12(root), labels, normalize=normalize)
 
     empty_crf = tmp_path / "empty_crf"
     empty_crf.mkdir()
     with pytest.raises(FileNotFoundError, match=r"CRF score.*empty_crf.*2007_000001"):
-        VOC12AffDataset(root / "train.txt", root, root / "la", empty_crf, crop_size=96, normalize=normalize)
+        VOC12AffDataset(root / "train.txt", VOC12(root), root / "la", empty_crf, crop_size=96, normalize=normalize)
 
 
 def test_aff_dataset_crf_mismatch(voc, tmp_path):
@@ -251,10 +260,12 @@ def test_aff_dataset_crf_mismatch(voc, tmp_path):
     h, w = IMAGE_SIZES["2007_000002"]
     save_scores(tmp_path / "ha" / "2007_000002.npz", [0, 4], np.full((2, h, w), 0.5, np.float32), kind="crf")
     save_scores(tmp_path / "small" / "2007_000002.npz", CRF_KEYS, np.full((3, h - 1, w), 0.3, np.float32), kind="crf")
-    ds = VOC12AffDataset(root / "one.txt", root, root / "la", tmp_path / "ha", crop_size=96, normalize=normalize)
+    ds = VOC12AffDataset(root / "one.txt", VOC12(root), root / "la", tmp_path / "ha", crop_size=96, normalize=normalize)
     with pytest.raises(ValueError, match=r"disagree on keys.*la/2007_000002.npz.*ha/2007_000002.npz"):
         ds[0]
-    ds = VOC12AffDataset(root / "one.txt", root, root / "la", tmp_path / "small", crop_size=96, normalize=normalize)
+    ds = VOC12AffDataset(
+        root / "one.txt", VOC12(root), root / "la", tmp_path / "small", crop_size=96, normalize=normalize
+    )
     with pytest.raises(ValueError, match=r"small/2007_000002.npz.*2007_000002"):
         ds[0]
 
@@ -262,4 +273,4 @@ def test_aff_dataset_crf_mismatch(voc, tmp_path):
 def test_aff_dataset_rejects_crop_too_small_for_radius(voc):
     root, _ = voc
     with pytest.raises(ValueError, match="too small"):
-        VOC12AffDataset(root / "one.txt", root, root / "la", root / "ha", crop_size=64, normalize=normalize)
+        VOC12AffDataset(root / "one.txt", VOC12(root), root / "la", root / "ha", crop_size=64, normalize=normalize)

@@ -12,9 +12,12 @@ import pytest
 from PIL import Image
 
 import evaluation
+from tool.dataset import color_map
 from tool.fileio import save_png, save_scores
 from tool.metrics import cam_threshold_confusions, confusion, scores_from_confusion
-from voc12.voc import CAT_NAMES_WITH_BG, voc_palette
+from voc12.voc import CLASS_NAMES
+
+CAT_NAMES_WITH_BG = ("background", *CLASS_NAMES)
 
 REPO = Path(__file__).resolve().parents[1]
 N = 21
@@ -82,7 +85,7 @@ def random_label_map(rng, shape, blocky: bool, void: bool = True, classes=None) 
 def test_confusion_hand_computed_3x3():
     gt = np.array([[0, 0, 1], [1, 1, 255], [2, 2, 255]], np.uint8)
     pred = np.array([[0, 1, 1], [1, 0, 2], [2, 0, 0]], np.uint8)
-    conf = confusion(gt, pred)
+    conf = confusion(gt, pred, 21)
     assert conf.shape == (21, 22)
     # Valid pixels (gt != 255): 7. gt 0 -> pred (0, 1); gt 1 -> (1, 1, 0); gt 2 -> (2, 0).
     expected = np.zeros((21, 22), np.int64)
@@ -115,7 +118,7 @@ def test_confusion_hand_computed_4x4_void_prediction_and_absent_class():
         [[0, 0, 0, 255], [0, 15, 15, 255], [0, 15, 15, 255], [255, 255, 255, 255]], np.uint8
     )  # 5 background, 4 person (15), 7 void
     pred = np.array([[0, 0, 255, 3], [0, 15, 15, 3], [15, 15, 255, 3], [3, 3, 3, 3]], np.uint8)
-    conf = confusion(gt, pred)
+    conf = confusion(gt, pred, 21)
     # gt 0: pred 0, 0, 255 (void), 0, 15 -> conf[0, 0] = 3, conf[0, 15] = 1, void column 1
     # gt 15: pred 15, 15, 15, 255 -> conf[15, 15] = 3, void column 1
     # class 3 is predicted only under void ground truth: it counts nowhere.
@@ -142,7 +145,7 @@ def test_diagnostics_skip_classes_absent_from_ground_truth():
     """A class predicted but absent from the GT has T = TP = 0: the reference's P/TP would be P / 1e-10."""
     gt = np.array([[0, 0, 1, 1], [0, 0, 1, 1]], np.uint8)
     pred = np.array([[0, 2, 1, 1], [0, 2, 1, 0]], np.uint8)  # class 2 (absent) predicted twice
-    s = scores_from_confusion(confusion(gt, pred))
+    s = scores_from_confusion(confusion(gt, pred, 21))
     # class 1: T 4, P 3, TP 3 -> T/TP 4/3, P/TP 1, FP/ALL 0, FN/ALL 1/4 (union 4)
     assert (s["T/TP"], s["P/TP"], s["FP/ALL"], s["FN/ALL"]) == pytest.approx((4 / 3, 1, 0, 1 / 4), rel=1e-9)
     # IoU: bg T 4 P 3 TP 2 -> 2/5; class 1 -> 3/4; class 2 -> 0 (absent, predicted): present mean over bg, 1
@@ -160,7 +163,7 @@ def test_confusion_matches_per_class_loop(blocky):
         gt = random_label_map(rng, shape, blocky)
         pred = random_label_map(rng, shape, blocky)  # with 255 too: misses that count in T only
         pairs.append((gt, pred))
-    conf = sum(confusion(gt, pred) for gt, pred in pairs)
+    conf = sum(confusion(gt, pred, 21) for gt, pred in pairs)
     t, p, tp = naive_counts(pairs)
     for got, want in zip(confusion_from_counts(conf), (t, p, tp), strict=True):
         np.testing.assert_array_equal(got, want)
@@ -172,15 +175,15 @@ def test_confusion_matches_per_class_loop(blocky):
 
 def test_confusion_accepts_int64_predictions_and_rejects_bad_values():
     gt = np.array([[0, 1], [255, 20]], np.uint8)
-    np.testing.assert_array_equal(confusion(gt, gt.astype(np.int64)), confusion(gt, gt))
+    np.testing.assert_array_equal(confusion(gt, gt.astype(np.int64), 21), confusion(gt, gt, 21))
     with pytest.raises(ValueError, match=r"prediction has values outside 0..20 and 255: \[21\]"):
-        confusion(gt, np.array([[0, 21], [0, 0]], np.uint8))
+        confusion(gt, np.array([[0, 21], [0, 0]], np.uint8), 21)
     with pytest.raises(ValueError, match=r"ground truth has values outside 0..20 and 255: \[30\]"):
-        confusion(np.array([[0, 30], [0, 0]], np.uint8), gt)
+        confusion(np.array([[0, 30], [0, 0]], np.uint8), gt, 21)
     with pytest.raises(ValueError, match="prediction has values outside"):
-        confusion(gt, np.array([[0, -1], [0, 300]]))
+        confusion(gt, np.array([[0, -1], [0, 300]]), 21)
     with pytest.raises(ValueError, match="differ in size"):
-        confusion(gt, gt[:1])
+        confusion(gt, gt[:1], 21)
 
 
 def test_cam_threshold_tie_goes_to_background():
@@ -188,13 +191,13 @@ def test_cam_threshold_tie_goes_to_background():
     # class 14 (person, label 15) and class 2 (bird, label 3); keys deliberately unsorted
     keys = np.array([14, 2])
     scores = np.array([[[0.2, 0.5], [0.1, 0.3]], [[0.1, 0.5], [0.2, 0.0]]], np.float32)
-    conf = cam_threshold_confusions(gt, keys, scores, [0.2])[0]
+    conf = cam_threshold_confusions(gt, keys, scores, [0.2], 21)[0]
     # pixel (0,0): best 0.2 == t -> background; (0,1): 0.5 tie between classes -> lower class 3 (bird)
     # pixel (1,0): best 0.2 == t -> background; (1,1): 0.3 > 0.2 -> person 15
     assert conf[0, 0] == 2 and conf[0, 3] == 1 and conf[0, 15] == 1 and conf.sum() == 4
     for t in (0.0, 0.1, 0.2, 0.3, 0.5):
-        want = confusion(gt, naive_cam_pred(keys, scores, t))
-        np.testing.assert_array_equal(cam_threshold_confusions(gt, keys, scores, [t])[0], want)
+        want = confusion(gt, naive_cam_pred(keys, scores, t), 21)
+        np.testing.assert_array_equal(cam_threshold_confusions(gt, keys, scores, [t], 21)[0], want)
 
 
 def test_cam_threshold_compares_in_float32():
@@ -202,7 +205,7 @@ def test_cam_threshold_compares_in_float32():
     gt = np.zeros((1, 1), np.uint8)
     scores = np.full((1, 1, 1), 0.07, np.float32)
     assert np.float64(scores[0, 0, 0]) > 0.07
-    conf = cam_threshold_confusions(gt, [0], scores, [0.07])[0]
+    conf = cam_threshold_confusions(gt, [0], scores, [0.07], 21)[0]
     assert conf[0, 0] == 1 and conf[0, 1] == 0
 
 
@@ -217,20 +220,20 @@ def test_cam_curve_equals_separate_passes():
         scores = (rng.integers(0, 61, (keys.size, *shape)) / 100).astype(np.float32)
         if i % 2 == 0:  # constant along rows: long runs
             scores = np.repeat(scores[:, :, :1], shape[1], axis=2)
-        curve = cam_threshold_confusions(gt, keys, scores, thresholds)
+        curve = cam_threshold_confusions(gt, keys, scores, thresholds, 21)
         assert curve.shape == (60, 21, 22)
         for j, t in enumerate(thresholds):
-            np.testing.assert_array_equal(curve[j], cam_threshold_confusions(gt, keys, scores, [t])[0])
-            np.testing.assert_array_equal(curve[j], confusion(gt, naive_cam_pred(keys, scores, t)))
+            np.testing.assert_array_equal(curve[j], cam_threshold_confusions(gt, keys, scores, [t], 21)[0])
+            np.testing.assert_array_equal(curve[j], confusion(gt, naive_cam_pred(keys, scores, t), 21))
         shuffled = rng.permutation(60)
         np.testing.assert_array_equal(
-            cam_threshold_confusions(gt, keys, scores, np.array(thresholds)[shuffled]), curve[shuffled]
+            cam_threshold_confusions(gt, keys, scores, np.array(thresholds)[shuffled], 21), curve[shuffled]
         )
 
 
 def test_cam_without_classes_is_all_background():
     gt = np.array([[0, 5], [255, 5]], np.uint8)
-    conf = cam_threshold_confusions(gt, np.zeros(0, np.int64), np.zeros((0, 2, 2), np.float32), [0.1, 0.2])
+    conf = cam_threshold_confusions(gt, np.zeros(0, np.int64), np.zeros((0, 2, 2), np.float32), [0.1, 0.2], 21)
     assert np.all(conf[:, 0, 0] == 1) and np.all(conf[:, 5, 0] == 2) and conf.sum() == 6
 
 
@@ -238,15 +241,15 @@ def test_cam_bad_inputs():
     gt = np.zeros((2, 2), np.uint8)
     good = np.zeros((1, 2, 2), np.float32)
     with pytest.raises(ValueError, match="differ in size"):
-        cam_threshold_confusions(gt, [0], np.zeros((1, 3, 2), np.float32), [0.2])
+        cam_threshold_confusions(gt, [0], np.zeros((1, 3, 2), np.float32), [0.2], 21)
     with pytest.raises(ValueError, match="foreground class indices"):
-        cam_threshold_confusions(gt, [20], good, [0.2])
+        cam_threshold_confusions(gt, [20], good, [0.2], 21)
     with pytest.raises(ValueError, match="distinct"):
-        cam_threshold_confusions(gt, [1, 1], np.zeros((2, 2, 2), np.float32), [0.2])
+        cam_threshold_confusions(gt, [1, 1], np.zeros((2, 2, 2), np.float32), [0.2], 21)
     with pytest.raises(ValueError, match="NaN"):
-        cam_threshold_confusions(gt, [0], np.full((1, 2, 2), np.nan, np.float32), [0.2])
+        cam_threshold_confusions(gt, [0], np.full((1, 2, 2), np.nan, np.float32), [0.2], 21)
     with pytest.raises(ValueError, match=">= 0"):
-        cam_threshold_confusions(gt, [0], good, [-0.1])
+        cam_threshold_confusions(gt, [0], good, [-0.1], 21)
 
 
 # ----------------------------------------------------------------------------
@@ -259,7 +262,7 @@ IDS = ["2007_000032", "2007_000039", "2007_000063", "2007_000068", "2007_000121"
 def dataset(tmp_path):
     """GT and predicted PNGs, CAM .npz files, a reference-style list; returns paths and the raw arrays."""
     rng = np.random.default_rng(3)
-    palette = voc_palette()
+    palette = color_map()
     gts, preds, cams = {}, {}, {}
     for i, image_id in enumerate(IDS):
         shape = (24 + i, 32 - i)
@@ -362,7 +365,7 @@ def test_main_reads_reference_pickled_npy(dataset, tmp_path):
 def test_bad_inputs_name_the_file(dataset):
     root = dataset["root"]
     bad = "2007_000063"
-    palette = voc_palette()
+    palette = color_map()
 
     (root / "pred" / f"{bad}.png").unlink()
     with pytest.raises(evaluation.EvaluationError, match=rf"prediction not found: .*pred/{bad}\.png"):

@@ -24,10 +24,11 @@ from network import resnet38d
 from network.resnet38_cls_ser import Net
 from tests.helpers import fill_reference_weights
 from tool import imutils, layout, torchutils
+from tool.dataset import color_map
 from tool.fileio import atomic_path, load_scores, remove_stale_temps
 from voc12.make_cls_labels import load_or_build_cls_labels
 from voc12.make_toy_voc import make_toy_voc
-from voc12.voc import CLASS_NAMES, voc_palette
+from voc12.voc import CLASS_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH = 0.125
@@ -191,7 +192,7 @@ def first_run(toy) -> tuple[Path, dict]:
 def test_outputs_keys_shapes_ranges(toy, first_run):
     out, summary = first_run
     assert summary["done"] == NUM_IMAGES and summary["skipped"] == 0
-    palette = voc_palette()
+    palette = color_map()
     for image_id in toy["ids"]:
         classes = image_classes(toy["root"], image_id)
         with Image.open(toy["root"] / "JPEGImages" / f"{image_id}.jpg") as img:

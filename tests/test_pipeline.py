@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 import run_pipeline
+from tool.dataset import load_img_id_list
 from tool.fileio import load_label_png, load_scores
-from voc12.voc import load_img_id_list
 
 # A reduced demo: every stage of the demo preset, with small sets, few epochs and the reference's lr 0.01 (the
 # preset's 0.1 needs its larger batches). Big enough to learn a little, small enough for CI.
@@ -129,6 +129,7 @@ def test_mean_and_std_over_seeds_and_table():
     summary = {
         "variants": {"ssenet": {"mean": mean, "std": std}},
         "settings": {"seeds": [1, 2], "eval_list": "train.txt"},
+        "num_classes": 21,
         "background_only_miou": 4.0,
         "background_only_miou_present": 28.0,
         "cam_iou": {"background": 70.0},

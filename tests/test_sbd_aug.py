@@ -7,9 +7,9 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from tool.dataset import color_map, load_img_id_list
 from tool.fileio import load_label_png, save_png
 from voc12 import make_sbd_aug
-from voc12.voc import load_img_id_list, voc_palette
 
 
 def write_sbd(path, seg: np.ndarray) -> None:
@@ -32,7 +32,7 @@ def trees(tmp_path):
     voc_masks = {"2008_000001": np.full((6, 9), 255, np.uint8), "2008_000009": np.zeros((4, 5), np.uint8)}
     voc_masks["2008_000001"][1:-1, 1:-1] = 15
     for image_id, mask in voc_masks.items():
-        save_png(voc / "SegmentationClass" / f"{image_id}.png", mask, voc_palette())
+        save_png(voc / "SegmentationClass" / f"{image_id}.png", mask, color_map())
     sets = voc / "ImageSets" / "Segmentation"
     sets.mkdir(parents=True)
     (sets / "train.txt").write_text("2008_000001\n2008_000009\n")
@@ -56,7 +56,7 @@ def test_masks_palette_precedence_and_list(trees):
         np.testing.assert_array_equal(load_label_png(aug / f"{image_id}.png"), mask)
     with Image.open(aug / "2008_000000.png") as img:
         assert img.mode == "P"
-        assert np.array_equal(np.array(img.getpalette()[:63]).reshape(21, 3), voc_palette()[:21])
+        assert np.array_equal(np.array(img.getpalette()[:63]).reshape(21, 3), color_map()[:21])
     # train_aug = every mask minus val (2008_000003), sorted.
     expected = ["2008_000000", "2008_000001", "2008_000002", "2008_000009"]
     assert load_img_id_list(trees["lists"] / "train_aug.txt") == expected

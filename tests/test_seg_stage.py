@@ -24,11 +24,13 @@ from network.resnet38d import load_weights
 from tests.caffe_wire import caffemodel_of
 from tests.helpers import quick_train_flags
 from tool import imutils
+from tool.dataset import color_map, load_img_id_list
 from tool.fileio import load_label_png, save_png
 from tool.torchutils import make_optimizer
 from voc12.data import VOC12SegDataset, load_rgb
+from voc12.dataset import VOC12
 from voc12.make_toy_voc import make_toy_voc
-from voc12.voc import jpeg_path, load_img_id_list, segmentation_path, voc_palette
+from voc12.voc import jpeg_path, segmentation_path
 
 WIDTH = 0.125
 
@@ -119,7 +121,7 @@ def test_seg_dataset_pads_the_label_with_ignore_and_keeps_it_aligned(toy, normal
     # The image is normalised by the network's own normaliser (Net.normalize), then padded with 0.
     dataset = VOC12SegDataset(
         toy["train_list"],
-        toy["root"],
+        VOC12(toy["root"]),
         toy["root"] / "SegmentationClass",
         crop_size=80,
         scale_range=(1.0, 1.0),
@@ -154,12 +156,12 @@ def test_seg_dataset_pads_the_label_with_ignore_and_keeps_it_aligned(toy, normal
 def test_seg_dataset_names_bad_and_missing_labels(toy, tmp_path):
     ids = load_img_id_list(toy["train_list"])
     with pytest.raises(FileNotFoundError, match="label PNG"):
-        VOC12SegDataset(toy["train_list"], toy["root"], tmp_path, normalize=resnet38d.normalize)
+        VOC12SegDataset(toy["train_list"], VOC12(toy["root"]), tmp_path, normalize=resnet38d.normalize)
     for image_id in ids:
         gt = load_label_png(segmentation_path(toy["root"], image_id)).copy()
         gt[0, 0] = 30
         save_png(tmp_path / f"{image_id}.png", gt)
-    dataset = VOC12SegDataset(toy["train_list"], toy["root"], tmp_path, normalize=resnet38d.normalize)
+    dataset = VOC12SegDataset(toy["train_list"], VOC12(toy["root"]), tmp_path, normalize=resnet38d.normalize)
     with pytest.raises(ValueError, match=rf"{ids[0]}\.png: label values \[30\]"):
         dataset[0]
 
@@ -219,7 +221,7 @@ def test_train_seg_one_step_lowers_the_loss_on_its_batch(toy):
     # One SGD step at a large learning rate on a fixed batch must reduce that batch's loss.
     dataset = VOC12SegDataset(
         toy["train_list"],
-        toy["root"],
+        VOC12(toy["root"]),
         toy["root"] / "SegmentationClass",
         crop_size=48,
         color_jitter=False,
@@ -316,7 +318,7 @@ def test_infer_seg_outputs_server_layout_archive_and_evaluation(toy, seg_weights
     for image_id in ids:
         with Image.open(tmp_path / "seg" / f"{image_id}.png") as png:
             assert png.mode == "P"
-            np.testing.assert_array_equal(np.asarray(png.getpalette(), np.uint8).reshape(-1, 3), voc_palette())
+            np.testing.assert_array_equal(np.asarray(png.getpalette(), np.uint8).reshape(-1, 3), color_map())
             label = np.asarray(png)
         with Image.open(jpeg_path(toy["root"], image_id)) as jpg:
             assert label.shape == (jpg.height, jpg.width)
@@ -352,7 +354,7 @@ def test_infer_seg_outputs_server_layout_archive_and_evaluation(toy, seg_weights
 def test_infer_seg_archive_refuses_a_partial_layout(toy, tmp_path):
     ids = load_img_id_list(toy["val_list"])
     folder = tmp_path / infer_seg.SERVER_SUBDIR
-    save_png(folder / f"{ids[0]}.png", np.zeros((4, 4), np.uint8), voc_palette())
+    save_png(folder / f"{ids[0]}.png", np.zeros((4, 4), np.uint8), color_map())
     with pytest.raises(ValueError, match=f"1 of {len(ids)} predictions missing.*{ids[1]}"):
         infer_seg.write_archive(tmp_path, ids, tmp_path / "a.tar.gz")
     assert not (tmp_path / "a.tar.gz").exists()

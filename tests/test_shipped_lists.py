@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tool.dataset import load_img_id_list
 from voc12 import make_cls_labels as mcl
-from voc12.voc import CLASS_NAMES, load_img_id_list
+from voc12.voc import CLASS_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 VOC12 = REPO / "voc12"

@@ -32,6 +32,7 @@ from tests.helpers import fill_reference_weights, quick_train_flags, restored_ro
 from tool import torchutils
 from tool.camutils import max_norm
 from voc12.data import ValClsTransform, VOC12ClsDataset
+from voc12.dataset import VOC12
 from voc12.make_cls_labels import load_cls_labels
 from voc12.make_toy_voc import make_toy_voc
 
@@ -199,9 +200,14 @@ def test_ssenet_training_step_matches_published_code():
     np.testing.assert_allclose(downscale(images, 0.3).numpy(), ref["input_small"], rtol=0, atol=1e-6)
     loss, parts = ssenet_loss(model, images, labels, branch_rate=0.3)
     assert parts["cam_small"].shape[2:] == (19, 24)  # floor(64 * 0.3), floor(80 * 0.3)
+    # Tolerances from the measured float32 spread (summation order changes with the thread count and the CPU):
+    # ours against the vector, torch 2.14 on an AMD EPYC, 1 / 2 threads: losses 3.5e-6 / 8.7e-8 relative (loss_ser
+    # with 1 thread), gradients 2.5e-5 / 1.1e-7 of their maximum (fc8 with 1 thread); the published code rerun with
+    # 1 and 2 threads moves loss_ser by 4.7e-6 relative and b4_3's gradient by 2.8e-4 of its maximum. So 5e-5 and
+    # 3e-3: ten times the largest spread, and still 10-100x below what SEAM's align_corners=True would change.
     for key in ("loss_cls", "loss_cls_s", "loss_ser"):
-        assert parts[key].item() == pytest.approx(float(ref[key]), rel=1e-6), key
-    assert loss.item() == pytest.approx(float(ref["loss"]), rel=1e-6)
+        assert parts[key].item() == pytest.approx(float(ref[key]), rel=5e-5), key
+    assert loss.item() == pytest.approx(float(ref["loss"]), rel=5e-5)
     loss.backward()
     grads = {
         "grad_fc8": model.fc8.weight.grad,
@@ -210,7 +216,7 @@ def test_ssenet_training_step_matches_published_code():
     }
     for key, grad in grads.items():
         want = ref[key]
-        np.testing.assert_allclose(grad.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max(), err_msg=key)
+        np.testing.assert_allclose(grad.numpy(), want, rtol=0, atol=3e-3 * np.abs(want).max(), err_msg=key)
 
 
 def test_ser_weight_zero_is_the_baseline(ramp_case):
@@ -525,8 +531,8 @@ def test_accum_steps_equal_full_batch(toy, monkeypatch):
     # numbers, and every augmentation draw then happens in the same order in both runs.
     build = training.build_model
 
-    def without_dropout(args):
-        model = build(args)
+    def without_dropout(args, num_classes=20):
+        model = build(args, num_classes)
         for m in model.modules():
             if isinstance(m, nn.Dropout2d):
                 m.p = 0.0
@@ -565,8 +571,8 @@ models = []
 build = training.build_model
 
 
-def keep(args):
-    models.append(build(args))
+def keep(args, num_classes=None):
+    models.append(build(args, num_classes))
     return models[-1]
 
 
@@ -587,7 +593,7 @@ def test_ddp_two_cpu_processes_stay_identical(toy, tmp_path):
     args = cls_args(toy, "x")  # only for its list and label paths
     flags = [
         "--voc12_root",
-        args.voc12_root,
+        args.dataset_root,
         "--train_list",
         args.train_list,
         "--val_list",
@@ -654,7 +660,7 @@ def test_logs_and_tensorboard(toy, uninterrupted):
     args = cls_args(toy, "A")
     val_set = VOC12ClsDataset(
         args.val_list,
-        args.voc12_root,
+        VOC12(args.dataset_root),
         load_cls_labels(args.cls_labels),
         ValClsTransform(48, normalize=resnet38d.normalize),
     )

@@ -18,9 +18,9 @@ import train_cls_ser
 from network import vgg16_aff, vgg16_cls_ser, vgg16d
 from tests.caffe_wire import caffemodel_of
 from tests.helpers import restored_root_logger
+from tool.dataset import load_img_id_list
 from tool.fileio import load_label_png, load_scores
 from voc12.make_toy_voc import make_toy_voc
-from voc12.voc import load_img_id_list
 
 WIDTH = "0.125"
 

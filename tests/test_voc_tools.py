@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tool.dataset import color_map, load_img_id_list
+from tool.fileio import load_cls_labels
 from voc12 import make_cls_labels as mcl
 from voc12.make_toy_voc import make_toy_voc
-from voc12.voc import CLASS_NAMES, load_img_id_list, voc_palette
+from voc12.voc import CLASS_NAMES
 
 NUM_TRAIN, NUM_VAL, SIZE, SEED = 6, 3, 96, 0
 
@@ -93,7 +95,7 @@ def test_xml_schema_and_sizes(toy_root):
 
 
 def test_mask_palette_values_and_classes(toy_root):
-    palette = voc_palette().reshape(-1).tolist()
+    palette = color_map().reshape(-1).tolist()
     for image_id in all_ids(toy_root):
         with Image.open(toy_root / "SegmentationClass" / f"{image_id}.png") as img:
             assert img.mode == "P" and img.getpalette()[: len(palette)] == palette
@@ -238,7 +240,7 @@ def test_load_rejects_pickled_or_wrong_files(tmp_path):
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, ids=np.array(["x"]), labels=np.zeros((1, 21), np.float32))
     with pytest.raises(ValueError, match=r"wrong\.npz: 'labels' has shape \(1, 21\)"):
-        mcl.load_cls_labels(wrong)
+        load_cls_labels(wrong, 20)
 
 
 # ---------------------------------------------------------------- lists and CLI

@@ -7,7 +7,7 @@ and a re-run can trust whatever exists.
 Score files replace the reference's pickled ``dict`` ``.npy`` files: one
 ``<image id>.npz`` per image holding ``keys`` (int64, (K,)) and ``scores``
 ((K, H, W), float16 by default). For CAM files the keys are 0-based class
-indices (0..19) of the present classes; for CRF files they are mask labels
+indices (0..C-1, C foreground classes) of the present classes; for CRF files they are mask labels
 (0 = background, k + 1 = class k), and so for random-walk scores. Each file
 also holds ``kind`` (``cam``, ``crf`` or ``rw``): a CRF folder given where CAMs
 are expected would otherwise be scored with every class shifted by one.
@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,11 +103,12 @@ def load_label_png(path: str | os.PathLike) -> np.ndarray:
 
 
 SCORE_KINDS = {
-    # kind: (smallest key, largest key, what the keys are, the writer)
-    "cam": (0, 19, "0-based class indices", "infer_cls_ser.py --out_cam"),
-    "crf": (0, 20, "0 = background, k + 1 = class k", "infer_cls_ser.py --out_crf"),
-    "rw": (0, 20, "0 = background, k + 1 = class k", "infer_aff.py --out_rw_scores"),
+    # kind: (largest key for C foreground classes minus C, what the keys are, the writer)
+    "cam": (-1, "0-based class indices", "infer_cls_ser.py --out_cam"),
+    "crf": (0, "0 = background, k + 1 = class k", "infer_cls_ser.py --out_crf"),
+    "rw": (0, "0 = background, k + 1 = class k", "infer_aff.py --out_rw_scores"),
 }
+MAX_SCORE_KEY = 254  # label PNGs hold 8-bit indices, 255 is "ignore"
 PICKLE_RISK = "unpickling can run arbitrary code stored in the file: use it only on files you trust"
 
 
@@ -155,9 +157,17 @@ def _looks_like(keys: np.ndarray, scores: np.ndarray) -> str | None:
     return None
 
 
-def check_scores(path: Path, keys: np.ndarray, scores: np.ndarray, kind: str | None, stored_kind: str | None) -> None:
+def check_scores(
+    path: Path,
+    keys: np.ndarray,
+    scores: np.ndarray,
+    kind: str | None,
+    stored_kind: str | None,
+    num_fg_classes: int | None = None,
+) -> None:
     """Raise :class:`InputError` naming ``path`` unless the file is a valid score file of ``kind``:
-    integer keys, unique and in the kind's range, (K, H, W) scores and finite values."""
+    integer keys, unique and in the kind's range for ``num_fg_classes`` foreground classes (None: any that fits
+    a label PNG), (K, H, W) scores and finite values."""
     if stored_kind is not None and stored_kind not in SCORE_KINDS:
         raise InputError(f"{path}: unknown score kind {stored_kind!r}, expected one of {sorted(SCORE_KINDS)}")
     if kind is not None and stored_kind is None:
@@ -168,10 +178,11 @@ def check_scores(path: Path, keys: np.ndarray, scores: np.ndarray, kind: str | N
         found = SCORE_KINDS[stored_kind]
         wanted = SCORE_KINDS[kind]
         raise InputError(
-            f"{path}: this looks like a folder of {stored_kind.upper()} files (keys {found[2]}, written by "
-            f"{found[3]}), but {kind.upper()} files (keys {wanted[2]}, from {wanted[3]}) are expected here"
+            f"{path}: this looks like a folder of {stored_kind.upper()} files (keys {found[1]}, written by "
+            f"{found[2]}), but {kind.upper()} files (keys {wanted[1]}, from {wanted[2]}) are expected here"
         )
-    lo, hi = (0, 20) if kind is None else SCORE_KINDS[kind][:2]
+    hi = MAX_SCORE_KEY if num_fg_classes is None else num_fg_classes + SCORE_KINDS[kind or "crf"][0]
+    lo = 0
     if keys.ndim != 1:
         raise InputError(f"{path}: 'keys' must be one-dimensional, got shape {keys.shape}")
     if keys.size and keys.dtype.kind not in "iu":
@@ -179,7 +190,8 @@ def check_scores(path: Path, keys: np.ndarray, scores: np.ndarray, kind: str | N
     if np.unique(keys).size != keys.size:
         raise InputError(f"{path}: duplicate keys {keys.tolist()}")
     if keys.size and (keys.min() < lo or keys.max() > hi):
-        raise InputError(f"{path}: keys {keys.tolist()} out of range, expected {lo}..{hi}")
+        classes = "" if num_fg_classes is None else f" ({num_fg_classes} foreground classes: another --dataset?)"
+        raise InputError(f"{path}: keys {keys.tolist()} out of range, expected {lo}..{hi}{classes}")
     if kind in ("crf", "rw") and 0 not in keys:
         raise InputError(f"{path}: keys {keys.tolist()} have no 0 (background)")
     if scores.ndim != 3 or scores.shape[0] != keys.size:
@@ -189,7 +201,7 @@ def check_scores(path: Path, keys: np.ndarray, scores: np.ndarray, kind: str | N
 
 
 def load_scores(
-    path: str | os.PathLike, allow_pickle: bool = False, kind: str | None = None
+    path: str | os.PathLike, allow_pickle: bool = False, kind: str | None = None, num_fg_classes: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read and validate a score file; returns ``(keys (K,) int64, scores (K, H, W) float32)``.
 
@@ -197,7 +209,8 @@ def load_scores(
     ``{key: (H, W) array}`` and is only opened when ``allow_pickle`` is True.
     ``kind`` (``cam``, ``crf``, ``rw``) is what the caller expects: a file of the
     other family (CAM vs. background-keyed) is refused, by its ``kind`` entry or,
-    for files written before it existed, by its keys and scores. Every problem
+    for files written before it existed, by its keys and scores; with ``num_fg_classes`` (the dataset's),
+    so is a key outside its classes. Every problem
     raises :class:`InputError` (or FileNotFoundError) naming the file.
     """
     path = Path(path)
@@ -234,5 +247,57 @@ def load_scores(
                 f"{path}: not a readable score file (truncated, or not an .npz with 'keys' and 'scores'): "
                 f"{type(e).__name__}: {e}"
             ) from None
-    check_scores(path, keys, scores, kind, stored_kind)
+    check_scores(path, keys, scores, kind, stored_kind, num_fg_classes)
     return keys.astype(np.int64), scores
+
+
+# --------------------------------------------------------------------------- image-level label files
+
+
+def save_cls_labels(
+    path: str | os.PathLike,
+    labels: dict[str, np.ndarray],
+    root: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+) -> None:
+    """Write image-level labels atomically (docs/formats.md#label-cache): ``ids`` (sorted), ``labels`` ((N, C)
+    float32 multi-hot) and, when given, ``voc12_root``, the resolved dataset folder they were read from.
+    ``num_classes`` gives C when ``labels`` is empty."""
+    ids = sorted(labels)
+    width = num_classes if not ids else len(labels[ids[0]])
+    if width is None:
+        raise ValueError(f"{path}: no labels to write and no num_classes given")
+    matrix = np.stack([np.asarray(labels[i], dtype=np.float32) for i in ids]) if ids else np.zeros((0, width))
+    extra = {} if root is None else {"voc12_root": np.array(str(Path(root).resolve()))}
+    with atomic_path(path) as tmp:
+        np.savez(tmp, ids=np.array(ids, dtype=str), labels=matrix.astype(np.float32), **extra)
+
+
+def load_cls_labels(path: str | os.PathLike, num_classes: int | None = None) -> dict[str, np.ndarray]:
+    """Read a label file of :func:`save_cls_labels`: ``{id: (C,) float32}``; with ``num_classes`` C must equal it."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"class label file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ids = data["ids"]
+            matrix = data["labels"]
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"{path}: not a class label file (expected .npz with 'ids' and 'labels'): {e}") from e
+    if ids.ndim != 1 or ids.dtype.kind != "U":
+        raise InputError(f"{path}: 'ids' must be a 1-d str array, got {ids.dtype} with shape {ids.shape}")
+    width = matrix.shape[1] if matrix.ndim == 2 else None
+    if matrix.ndim != 2 or matrix.shape[0] != ids.size or (num_classes is not None and width != num_classes):
+        expected = f"({ids.size}, {num_classes if num_classes is not None else 'C'})"
+        raise InputError(
+            f"{path}: 'labels' has shape {matrix.shape}, expected {expected}"
+            + (" (labels of another dataset?)" if width is not None and width != num_classes else "")
+        )
+    matrix = matrix.astype(np.float32)
+    return {str(image_id): matrix[row] for row, image_id in enumerate(ids)}
+
+
+def label_file_root(path: str | os.PathLike) -> str | None:
+    """The dataset folder a label file records (``voc12_root``), or None for a portable one."""
+    with np.load(path, allow_pickle=False) as data:
+        return str(data["voc12_root"]) if "voc12_root" in data.files else None

@@ -1,4 +1,4 @@
-"""Which files each stage writes for an image id: the one owner of the output layout (docs/formats.md#score-files).
+"""Where every output goes: the files of an image id, of a training session, of a pipeline run (docs/formats.md).
 
 ``infer_cls_ser.py`` writes, per image id, the files :func:`cam_stage_paths` names (CRF folders
 ``<out_crf>_<alpha>`` with alpha written as a float, :func:`crf_dir`); ``infer_aff.py`` the ones
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 PathLike = str | os.PathLike
@@ -81,3 +82,125 @@ def seg_stage_paths(
 def all_exist(paths: Mapping[str, Path]) -> bool:
     """Whether an image's files (one of the ``*_paths`` dicts) are all there: the image is done."""
     return all(p.exists() for p in paths.values())
+
+
+# --------------------------------------------------------------------------- sessions and runs
+
+
+def session_files(session_name: PathLike) -> dict[str, Path]:
+    """The files a training script writes for ``--session_name`` P: ``P.pth`` (final weights),
+    ``P_checkpoint.pth`` (resumable), ``P.log`` and ``P_log.jsonl`` (one JSON line an epoch)."""
+    prefix = Path(session_name)
+    return {
+        "final": prefix.with_name(prefix.name + ".pth"),
+        "checkpoint": prefix.with_name(prefix.name + "_checkpoint.pth"),
+        "log": prefix.with_name(prefix.name + ".log"),
+        "jsonl": prefix.with_name(prefix.name + "_log.jsonl"),
+    }
+
+
+def session_name_of(network: str) -> str:
+    """The default ``--session_name`` of a ``--network``: its module name (``network.vgg16_aff`` -> ``vgg16_aff``)."""
+    return network.rpartition(".")[2]
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """One trained run of ``run_pipeline.py`` (a variant and a seed): its sessions and the folders of every stage.
+
+    ``<root>/<session>.pth`` (and the other :func:`session_files`) per network, ``tb_<cls|aff|seg>/``, the
+    folders ``cam/``, ``cam_pred/``, ``crf_<alpha>/`` (:func:`crf_dir` of :attr:`crf`), ``rw/``, ``seg_val/`` and
+    ``eval_<cam|rw|seg>.json``.
+    """
+
+    root: Path
+
+    @property
+    def cam(self) -> Path:
+        return self.root / "cam"
+
+    @property
+    def cam_pred(self) -> Path:
+        return self.root / "cam_pred"
+
+    @property
+    def crf(self) -> Path:
+        """The ``--out_crf`` prefix: the folders are ``crf_<alpha>``."""
+        return self.root / "crf"
+
+    @property
+    def rw(self) -> Path:
+        return self.root / "rw"
+
+    @property
+    def seg_val(self) -> Path:
+        return self.root / "seg_val"
+
+    def session(self, network: str) -> Path:
+        return self.root / session_name_of(network)
+
+    def tensorboard(self, stage: str) -> Path:
+        return self.root / f"tb_{stage}"
+
+    def eval_json(self, stage: str) -> Path:
+        return self.root / f"eval_{stage}.json"
+
+
+@dataclass(frozen=True)
+class WorkLayout:
+    """The work folder of ``run_pipeline.py``: generated data, the demo's pretraining, one :class:`RunLayout`
+    per variant and seed (``<variant>/seed<seed>/``), the summary, logs and figures."""
+
+    root: Path
+
+    def toy_data(self, dataset: str) -> Path:
+        """The demo's toy dataset folder: ``toy_<dataset>`` (``toy_voc`` for voc12, as it always was)."""
+        return self.root / ("toy_voc" if dataset == "voc12" else f"toy_{dataset}")
+
+    @property
+    def pretrain_data(self) -> Path:
+        return self.root / "pretrain_voc"
+
+    @property
+    def pretrain_session(self) -> Path:
+        return self.root / "pretrain" / "resnet38_pretrain"
+
+    @property
+    def pretrain_tensorboard(self) -> Path:
+        return self.root / "pretrain" / "tb"
+
+    @property
+    def pretrain_labels(self) -> Path:
+        return self.root / "pretrain_cls_labels.npz"
+
+    @property
+    def cls_labels(self) -> Path:
+        """The label cache the VOC stages build from the XML annotations."""
+        return self.root / "cls_labels.npz"
+
+    @property
+    def lists(self) -> Path:
+        """Where ``coco14.prepare`` writes a generated COCO set's lists and labels (``--list_dir``)."""
+        return self.root / "lists"
+
+    @property
+    def infer_list(self) -> Path:
+        return self.root / "infer_list.txt"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "pipeline.log"
+
+    @property
+    def eval_log(self) -> Path:
+        return self.root / "evallog.txt"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    def figure(self, variant: str) -> Path:
+        return self.root / f"figure_{variant}.png"
+
+    def run(self, variant: str, seed: int) -> RunLayout:
+        return RunLayout(self.root / variant / f"seed{seed}")

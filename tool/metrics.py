@@ -77,7 +77,7 @@ def _fold(values: np.ndarray, counts: np.ndarray, length: int) -> np.ndarray:
     return np.bincount(values, weights=counts, minlength=length).astype(np.int64)
 
 
-def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int = 21, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Pixel counts of one image pair, (num_classes, num_classes + 1) int64.
 
     Entry ``[g, p]`` counts pixels with ground truth ``g`` and prediction ``p``;
@@ -189,7 +189,7 @@ def cam_threshold_confusions(
     keys: np.ndarray,
     scores: np.ndarray,
     thresholds: Sequence[float] | np.ndarray,
-    num_classes: int = 21,
+    num_classes: int,
     ignore_index: int = IGNORE_INDEX,
 ) -> np.ndarray:
     """Confusion of one image's CAMs at every background threshold at once.

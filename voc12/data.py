@@ -1,4 +1,7 @@
-"""VOC 2012 datasets of the three learning stages (docs/method.md#ssenet-training, #ssenet-inference, #affinitynet).
+"""The datasets of the learning stages (docs/method.md#ssenet-training, #ssenet-inference, #affinitynet).
+
+Each reads its images through a dataset descriptor (:class:`tool.dataset.DatasetInfo`: VOC, COCO, a folder);
+the class names keep the published ``VOC12`` prefix.
 
 - :class:`VOC12ClsDataset` with :class:`TrainClsTransform` / :class:`ValClsTransform`:
   SSENet classification training and validation (docs/method.md#ssenet-training).
@@ -34,9 +37,10 @@ from torchvision.transforms import ColorJitter
 
 from tool import imutils
 from tool.cli import InputError, MissingFileError
+from tool.dataset import DatasetInfo, load_img_id_list
 from tool.fileio import load_label_png, load_scores, missing_score_file_message, score_file
+from tool.metrics import IGNORE_INDEX
 from tool.randomwalk import DEFAULT_RADIUS, FEATURE_STRIDE, from_region, pair_slices
-from voc12.voc import IGNORE_INDEX, NUM_CLASSES, NUM_FG_CLASSES, jpeg_path, load_img_id_list
 
 # Colour jitter of docs/method.md#ssenet-training and #affinitynet (torchvision ColorJitter on the PIL image).
 COLOR_JITTER = {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.1}
@@ -79,15 +83,17 @@ def _require_files(paths: Mapping[str, Path], what: str, list_path: str | os.Pat
         )
 
 
-def _label_matrix(ids: Sequence[str], labels: Mapping[str, np.ndarray], list_path: str | os.PathLike) -> np.ndarray:
-    """Stack the image-level labels of ``ids`` into an (N, 20) float32 matrix, checking each."""
+def _label_matrix(
+    ids: Sequence[str], labels: Mapping[str, np.ndarray], list_path: str | os.PathLike, num_fg_classes: int
+) -> np.ndarray:
+    """Stack the image-level labels of ``ids`` into an (N, num_fg_classes) float32 matrix, checking each."""
     missing = [i for i in ids if i not in labels]
     if missing:
         raise KeyError(f"{len(missing)} image(s) of {list_path} have no class label; first: {missing[0]}")
     rows = [np.asarray(labels[i], dtype=np.float32) for i in ids]
     for image_id, row in zip(ids, rows, strict=True):
-        if row.shape != (NUM_FG_CLASSES,):
-            raise ValueError(f"class label of {image_id} has shape {row.shape}, expected ({NUM_FG_CLASSES},)")
+        if row.shape != (num_fg_classes,):
+            raise ValueError(f"class label of {image_id} has shape {row.shape}, expected ({num_fg_classes},)")
     return np.stack(rows)
 
 
@@ -133,30 +139,30 @@ class ValClsTransform:
 class VOC12ClsDataset(Dataset):
     """Images of a list with their image-level labels: items are ``(id, img, label)``.
 
-    ``labels`` maps each id to its 20-d multi-hot vector. ``img`` is
+    ``labels`` maps each id to its C-d multi-hot vector (C = the dataset's foreground classes). ``img`` is
     ``transform(PIL RGB image)``, or the PIL image itself without a transform;
-    ``label`` is a (20,) float32 tensor.
+    ``label`` is a (C,) float32 tensor.
     """
 
     def __init__(
         self,
         list_path: str | os.PathLike,
-        voc12_root: str | os.PathLike,
+        dataset: DatasetInfo,
         labels: Mapping[str, np.ndarray],
         transform: Callable[[Image.Image], Any] | None = None,
     ) -> None:
         self.ids = load_img_id_list(list_path, duplicates="drop")
-        self.voc12_root = Path(voc12_root)
-        self.labels = _label_matrix(self.ids, labels, list_path)
+        self.dataset = dataset
+        self.labels = _label_matrix(self.ids, labels, list_path, dataset.num_fg_classes)
         self.transform = transform
-        _require_files({i: jpeg_path(voc12_root, i) for i in self.ids}, "JPEG image", list_path)
+        _require_files({i: dataset.image_path(i) for i in self.ids}, "JPEG image", list_path)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int) -> tuple[str, Any, torch.Tensor]:
         image_id = self.ids[index]
-        img = load_rgb(jpeg_path(self.voc12_root, image_id))
+        img = load_rgb(self.dataset.image_path(image_id))
         if self.transform is not None:
             img = self.transform(img)
         return image_id, img, torch.from_numpy(self.labels[index].copy())
@@ -175,23 +181,23 @@ class VOC12ImageDatasetMSF(Dataset):
     def __init__(
         self,
         list_path: str | os.PathLike,
-        voc12_root: str | os.PathLike,
+        dataset: DatasetInfo,
         scales: Sequence[float] = MSF_SCALES,
         *,
         normalize: imutils.Normalizer,
     ) -> None:
         self.ids = load_img_id_list(list_path, duplicates="drop")
-        self.voc12_root = Path(voc12_root)
+        self.dataset = dataset
         self.scales = tuple(scales)
         self.normalize = normalize
-        _require_files({i: jpeg_path(voc12_root, i) for i in self.ids}, "JPEG image", list_path)
+        _require_files({i: dataset.image_path(i) for i in self.ids}, "JPEG image", list_path)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int) -> dict:
         image_id = self.ids[index]
-        img = load_rgb(jpeg_path(self.voc12_root, image_id))
+        img = load_rgb(self.dataset.image_path(image_id))
         return {
             "id": image_id,
             "image": torch.from_numpy(np.array(img)),
@@ -200,21 +206,22 @@ class VOC12ImageDatasetMSF(Dataset):
 
 
 class VOC12ClsDatasetMSF(VOC12ImageDatasetMSF):
-    """:class:`VOC12ImageDatasetMSF` items plus ``"label"``, the (20,) float32 image-level label
+    """:class:`VOC12ImageDatasetMSF` items plus ``"label"``, the (C,) float32 image-level label
     (docs/method.md#ssenet-inference)."""
 
     def __init__(
         self,
         list_path: str | os.PathLike,
-        voc12_root: str | os.PathLike,
+        dataset: DatasetInfo,
         labels: Mapping[str, np.ndarray],
         scales: Sequence[float] = MSF_SCALES,
         *,
         normalize: imutils.Normalizer,
     ) -> None:
         # Labels are checked before the files, as in VOC12ClsDataset.
-        self.labels = _label_matrix(load_img_id_list(list_path, duplicates="drop"), labels, list_path)
-        super().__init__(list_path, voc12_root, scales, normalize=normalize)
+        ids = load_img_id_list(list_path, duplicates="drop")
+        self.labels = _label_matrix(ids, labels, list_path, dataset.num_fg_classes)
+        super().__init__(list_path, dataset, scales, normalize=normalize)
 
     def __getitem__(self, index: int) -> dict:
         item = super().__getitem__(index)
@@ -280,7 +287,7 @@ class VOC12AffDataset(Dataset):
     def __init__(
         self,
         list_path: str | os.PathLike,
-        voc12_root: str | os.PathLike,
+        dataset: DatasetInfo,
         la_crf_dir: str | os.PathLike,
         ha_crf_dir: str | os.PathLike,
         crop_size: int = 448,
@@ -290,7 +297,7 @@ class VOC12AffDataset(Dataset):
         normalize: imutils.Normalizer,
     ) -> None:
         self.ids = load_img_id_list(list_path, duplicates="drop")
-        self.voc12_root = Path(voc12_root)
+        self.dataset = dataset
         self.normalize = normalize
         self.la_crf_dir, self.ha_crf_dir = Path(la_crf_dir), Path(ha_crf_dir)
         self.crop_size = crop_size
@@ -299,7 +306,7 @@ class VOC12AffDataset(Dataset):
         self.color_jitter = ColorJitter(**COLOR_JITTER)
         grid = -(-crop_size // FEATURE_STRIDE)
         from_region(grid, grid, radius)  # raises early if the crop is too small for the pair radius
-        _require_files({i: jpeg_path(voc12_root, i) for i in self.ids}, "JPEG image", list_path)
+        _require_files({i: dataset.image_path(i) for i in self.ids}, "JPEG image", list_path)
         for crf_dir in (self.la_crf_dir, self.ha_crf_dir):
             paths = {i: score_file(crf_dir, i, allow_pickle) for i in self.ids}
             missing = [p for p in paths.values() if not p.is_file()]
@@ -313,8 +320,9 @@ class VOC12AffDataset(Dataset):
     def _load_crf_scores(self, image_id: str, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         la_path = score_file(self.la_crf_dir, image_id, self.allow_pickle)
         ha_path = score_file(self.ha_crf_dir, image_id, self.allow_pickle)
-        la_keys, la_scores = load_scores(la_path, self.allow_pickle, kind="crf")
-        ha_keys, ha_scores = load_scores(ha_path, self.allow_pickle, kind="crf")
+        num_fg = self.dataset.num_fg_classes
+        la_keys, la_scores = load_scores(la_path, self.allow_pickle, kind="crf", num_fg_classes=num_fg)
+        ha_keys, ha_scores = load_scores(ha_path, self.allow_pickle, kind="crf", num_fg_classes=num_fg)
         if not np.array_equal(la_keys, ha_keys):
             raise InputError(f"CRF score files disagree on keys: {la_path} has {la_keys}, {ha_path} has {ha_keys}")
         if la_keys.size == 0 or la_keys[0] != 0:
@@ -326,7 +334,7 @@ class VOC12AffDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         image_id = self.ids[index]
-        img = load_rgb(jpeg_path(self.voc12_root, image_id))
+        img = load_rgb(self.dataset.image_path(image_id))
         la_scores, ha_scores = self._load_crf_scores(image_id, (img.height, img.width))
         n_keys = la_scores.shape[0]
         scores = np.concatenate([la_scores, ha_scores]).transpose(1, 2, 0)  # (H, W, 2K)
@@ -350,24 +358,24 @@ class VOC12AffDataset(Dataset):
 class VOC12ImageDataset(Dataset):
     """Plain images of a list (or of ``ids``): items are ``(id, (H, W, 3) uint8 tensor)``."""
 
-    def __init__(self, list_path: str | os.PathLike, voc12_root: str | os.PathLike, ids: Sequence[str] | None = None):
+    def __init__(self, list_path: str | os.PathLike, dataset: DatasetInfo, ids: Sequence[str] | None = None):
         self.ids = list(ids) if ids is not None else load_img_id_list(list_path, duplicates="drop")
-        self.voc12_root = Path(voc12_root)
-        _require_files({i: jpeg_path(voc12_root, i) for i in self.ids}, "JPEG image", list_path)
+        self.dataset = dataset
+        _require_files({i: dataset.image_path(i) for i in self.ids}, "JPEG image", list_path)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int):
         image_id = self.ids[index]
-        return image_id, torch.from_numpy(np.array(load_rgb(jpeg_path(self.voc12_root, image_id))))
+        return image_id, torch.from_numpy(np.array(load_rgb(self.dataset.image_path(image_id))))
 
 
 class VOC12SegDataset(Dataset):
     """Segmentation training data (docs/method.md#segmentation): items are ``(img, label)``.
 
     ``label_dir/<id>.png`` is a class-index PNG (palette or grey; 0 background,
-    1..20 classes, 255 ignored), e.g. the random-walk output of ``infer_aff.py``
+    1..C classes, 255 ignored), e.g. the random-walk output of ``infer_aff.py``
     or ``SegmentationClass`` itself. ``img`` is the (3, crop, crop) float32
     image normalised by ``normalize`` (the network's ``Net.normalize``), ``label`` the (crop, crop) int64 label.
 
@@ -380,7 +388,7 @@ class VOC12SegDataset(Dataset):
     def __init__(
         self,
         list_path: str | os.PathLike,
-        voc12_root: str | os.PathLike,
+        dataset: DatasetInfo,
         label_dir: str | os.PathLike,
         crop_size: int = 448,
         scale_range: tuple[float, float] = (0.5, 1.5),
@@ -391,7 +399,7 @@ class VOC12SegDataset(Dataset):
         if not 0 < scale_range[0] <= scale_range[1]:
             raise ValueError(f"scale range must satisfy 0 < low <= high, got {scale_range}")
         self.ids = load_img_id_list(list_path)  # duplicates are an error: an image would weigh twice
-        self.voc12_root = Path(voc12_root)
+        self.dataset = dataset
         self.label_dir = Path(label_dir)
         if not self.label_dir.is_dir():
             raise MissingFileError(f"label folder not found: {self.label_dir}")
@@ -399,7 +407,7 @@ class VOC12SegDataset(Dataset):
         self.scale_range = scale_range
         self.color_jitter = ColorJitter(**COLOR_JITTER) if color_jitter else None
         self.normalize = normalize
-        _require_files({i: jpeg_path(voc12_root, i) for i in self.ids}, "JPEG image", list_path)
+        _require_files({i: dataset.image_path(i) for i in self.ids}, "JPEG image", list_path)
         _require_files({i: self.label_dir / f"{i}.png" for i in self.ids}, f"label PNG (in {label_dir})", list_path)
 
     def __len__(self) -> int:
@@ -416,16 +424,18 @@ class VOC12SegDataset(Dataset):
             raise InputError(
                 f"{path}: label is {label.shape[1]}x{label.shape[0]} but image {image_id} is {size[0]}x{size[1]}"
             )
-        bad = np.unique(label[(label >= NUM_CLASSES) & (label != IGNORE_INDEX)])
+        num_classes = self.dataset.num_classes
+        bad = np.unique(label[(label >= num_classes) & (label != IGNORE_INDEX)])
         if bad.size:
             raise InputError(
-                f"{path}: label values {bad.tolist()[:10]} outside 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}"
+                f"{path}: label values {bad.tolist()[:10]} outside 0..{num_classes - 1} and {IGNORE_INDEX} "
+                f"({self.dataset.name} has {num_classes} classes with background)"
             )
         return Image.fromarray(label.astype(np.uint8), mode="L")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_id = self.ids[index]
-        img = load_rgb(jpeg_path(self.voc12_root, image_id))
+        img = load_rgb(self.dataset.image_path(image_id))
         label = self.load_label(image_id, img.size)
         rng = item_rng()
         img, label = imutils.random_scale(img, label, *self.scale_range, rng)

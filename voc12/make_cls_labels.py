@@ -31,7 +31,6 @@ import logging
 import os
 import sys
 import xml.etree.ElementTree as ET
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -41,9 +40,10 @@ if not __package__:  # run as a file from inside voc12/ (the published README): 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tool import cli  # noqa: E402
-from tool.cli import InputError, MissingFileError, OutputExistsError  # noqa: E402
-from tool.fileio import atomic_path, atomic_write_text  # noqa: E402
-from voc12.voc import CLASS_NAMES, NUM_FG_CLASSES, annotation_path, load_img_id_list, parse_list_line
+from tool.cli import InputError, MissingFileError  # noqa: E402
+from tool.dataset import load_img_id_list, write_lists  # noqa: E402
+from tool.fileio import label_file_root, load_cls_labels, save_cls_labels  # noqa: E402
+from voc12.voc import CLASS_NAMES, NUM_FG_CLASSES, annotation_path
 
 logger = logging.getLogger(__name__)
 
@@ -87,42 +87,6 @@ def build_cls_labels(voc12_root: str | os.PathLike, ids: Iterable[str]) -> dict[
     return {image_id: image_label(voc12_root, image_id) for image_id in dict.fromkeys(ids)}
 
 
-def save_cls_labels(
-    path: str | os.PathLike, labels: dict[str, np.ndarray], voc12_root: str | os.PathLike | None = None
-) -> None:
-    """Write ``labels`` atomically as ``.npz`` with ``ids`` (sorted) and ``labels`` ((N, 20) float32),
-    plus ``voc12_root`` (the resolved dataset folder) when given."""
-    ids = sorted(labels)
-    matrix = np.stack([labels[i] for i in ids]) if ids else np.zeros((0, NUM_FG_CLASSES))
-    extra = {} if voc12_root is None else {"voc12_root": np.array(str(Path(voc12_root).resolve()))}
-    with atomic_path(path) as tmp:
-        np.savez(tmp, ids=np.array(ids, dtype=str), labels=matrix.astype(np.float32), **extra)
-
-
-def _cache_root(path: Path) -> str | None:
-    with np.load(path, allow_pickle=False) as data:
-        return str(data["voc12_root"]) if "voc12_root" in data.files else None
-
-
-def load_cls_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a labels file written by :func:`save_cls_labels`: ``{id: (20,) float32}``."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"class label file not found: {path} (run python -m voc12.make_cls_labels)")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            ids = data["ids"]
-            matrix = data["labels"]
-    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise InputError(f"{path}: not a class label file (expected .npz with 'ids' and 'labels'): {e}") from e
-    if ids.ndim != 1 or ids.dtype.kind != "U":
-        raise InputError(f"{path}: 'ids' must be a 1-d str array, got {ids.dtype} with shape {ids.shape}")
-    if matrix.shape != (ids.size, NUM_FG_CLASSES):
-        raise InputError(f"{path}: 'labels' has shape {matrix.shape}, expected ({ids.size}, {NUM_FG_CLASSES})")
-    matrix = matrix.astype(np.float32)
-    return {str(image_id): matrix[row] for row, image_id in enumerate(ids)}
-
-
 # How many cached labels of a folder-independent file are checked against the folder's own XML.
 SPOT_CHECKS = 3
 
@@ -143,11 +107,11 @@ def load_or_build_cls_labels(
     """
     cache_path = Path(cache_path)
     ids = list(dict.fromkeys(ids))
-    labels = load_cls_labels(cache_path) if cache_path.exists() else {}
+    labels = load_cls_labels(cache_path, NUM_FG_CLASSES) if cache_path.exists() else {}
     root = str(Path(voc12_root).resolve())
     # Ids alone do not identify an image (the toy dataset reuses VOC-style ids), so a cache
     # built from another dataset folder must not be mixed with this one.
-    cached_root = _cache_root(cache_path) if labels else None
+    cached_root = label_file_root(cache_path) if labels else None
     if cached_root is not None and cached_root != root:
         raise InputError(
             f"--cls_labels {cache_path} was built from {cached_root}, not from --voc12_root {root}; "
@@ -200,33 +164,6 @@ def derive_lists(voc12_root: str | os.PathLike) -> tuple[dict[str, list[str]], s
         f"no train_aug list: {aug_dir} and {image_sets / 'train_aug.txt'} are both missing "
         "(add the SBD-augmented SegmentationClassAug/ to build it)"
     )
-
-
-def _read_ids(path: Path) -> list[str]:
-    """Ids of an existing list file, repeats kept; a line outside the grammar (or not UTF-8) names the line."""
-    text = path.read_bytes().decode("utf-8", errors="replace")
-    return [parse_list_line(line, f"{path}:{n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-
-
-def write_lists(list_dir: str | os.PathLike, lists: dict[str, list[str]], overwrite: bool = False) -> list[Path]:
-    """Write ``<list_dir>/<name>.txt`` (one bare id a line); returns the files written.
-
-    An existing file listing the same ids (either line style) is left as it is. One listing other ids is an
-    error unless ``overwrite``; all files are checked before any is written.
-    """
-    list_dir = Path(list_dir)
-    pending = {}
-    for name, ids in lists.items():
-        path = list_dir / f"{name}.txt"
-        if path.exists():
-            if _read_ids(path) == ids:
-                continue
-            if not overwrite:
-                raise OutputExistsError(f"{path} exists with different ids; pass --overwrite to replace it")
-        pending[path] = ids
-    for path, ids in pending.items():
-        atomic_write_text(path, "".join(f"{image_id}\n" for image_id in ids))
-    return list(pending)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -30,9 +30,11 @@ from tqdm import tqdm
 
 from tool import cli
 from tool.cli import InputError, MissingFileError
+from tool.dataset import color_map, write_lists
 from tool.fileio import load_label_png, remove_stale_temps, save_png
-from voc12.make_cls_labels import derive_lists, write_lists
-from voc12.voc import IGNORE_INDEX, NUM_CLASSES, segmentation_path, voc_palette
+from tool.metrics import IGNORE_INDEX
+from voc12.make_cls_labels import derive_lists
+from voc12.voc import NUM_CLASSES, segmentation_path
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ def main(args: argparse.Namespace) -> dict:
     todo = sources(args.sbd_root, args.voc12_root)
     out_dir = cli.check_output_dir(segmentation_path(args.voc12_root, "x", aug=True).parent, "--voc12_root")
     remove_stale_temps({out_dir}, set(todo))  # hidden temp files of a killed run
-    palette = voc_palette()
+    palette = color_map()
     counts = {"sbd": 0, "voc": 0, "skipped": 0}
     for image_id, (kind, src) in tqdm(todo.items(), desc="SegmentationClassAug", unit="mask"):
         out = segmentation_path(args.voc12_root, image_id, aug=True)

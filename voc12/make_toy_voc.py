@@ -18,6 +18,8 @@ least 4x by default, because scale is what SSENet is about); each image's first
 object takes its extent from a stratified grid over the whole set, so the
 extremes of the range are always present. Output is byte-identical for a given
 seed (fixed JPEG quality, per-image generators seeded by ``(seed, index)``).
+:func:`render_toy_scene` (image, instance owner map, classes) also serves the toy
+sets of the other datasets (``coco14.make_toy_coco``, ``folder.make_toy_folder``).
 
     python -m voc12.make_toy_voc --out toy_voc --num_train 100 --num_val 30 --size 256 --seed 0
 """
@@ -37,8 +39,10 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from tool import cli
 from tool.cli import InputError, OutputExistsError
+from tool.dataset import color_map
 from tool.fileio import atomic_path, atomic_write_text, save_png
-from voc12.voc import CLASS_NAMES, IGNORE_INDEX, voc_palette
+from tool.metrics import IGNORE_INDEX
+from voc12.voc import CLASS_NAMES
 
 MARKER_FILE = "toy_voc.json"
 MANAGED_DIRS = ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationClassAug", "ImageSets")
@@ -71,6 +75,7 @@ TOY_CLASSES = (
     ToyClass("person", "star", ("magenta", "orange", "cyan"), "checker"),
     ToyClass("tvmonitor", "ring", ("cyan", "red", "green"), "stripes"),
 )
+ALL_CLASSES = tuple(range(len(TOY_CLASSES)))
 RING_HOLE = 0.45  # inner radius / outer radius
 MIN_RING_WIDTH_PX = 4.0  # narrowest ring wall; the default 3 px void band leaves at least a 1 px line of it
 OBJECTS_PER_IMAGE = (1, 2, 3)
@@ -237,11 +242,10 @@ def _layout(
 def _paint(
     rng: np.random.Generator, canvas: np.ndarray, placed: list[tuple[int, int, int, np.ndarray]], period: int
 ) -> np.ndarray:
-    """Paint the shapes, large ones first so small ones stay visible (and occlude them a little); returns the
-    owner map (0 background, k + 1 the k-th placed shape)."""
+    """Paint the shapes in the given order (later ones occlude earlier ones); returns the owner map
+    (0 background, k + 1 the k-th shape)."""
     owner = np.zeros(canvas.shape[:2], dtype=np.int64)
-    for k in sorted(range(len(placed)), key=lambda k: -placed[k][3].sum()):
-        y0, x0, cls, patch = placed[k]
+    for k, (y0, x0, cls, patch) in enumerate(placed):
         ph, pw = patch.shape
         fill = _object_colours(rng, TOY_CLASSES[cls], ph, pw, period)
         canvas[y0 : y0 + ph, x0 : x0 + pw][patch] = fill[patch]
@@ -266,6 +270,71 @@ def _void_mask(owner: np.ndarray, num_objects: int, void_width: int) -> np.ndarr
     return void
 
 
+def _draw_objects(
+    rng: np.random.Generator,
+    primary_class: int,
+    primary_extent: float,
+    min_extent: float,
+    max_extent: float,
+    max_objects: int,
+    class_pool: tuple[int, ...],
+) -> tuple[list[int], list[float]]:
+    """The classes (TOY_CLASSES indices) and extents of an image's shapes: the primary one, then up to
+    ``max_objects - 1`` more of random classes from ``class_pool`` with log-uniform extents."""
+    counts = OBJECTS_PER_IMAGE[:max_objects]
+    p = np.asarray(OBJECTS_PER_IMAGE_P[:max_objects]) / sum(OBJECTS_PER_IMAGE_P[:max_objects])
+    num_objects = int(rng.choice(counts, p=p))
+    classes = [primary_class, *(class_pool[i] for i in rng.integers(0, len(class_pool), size=num_objects - 1))]
+    log_range = np.log(max_extent / min_extent)
+    extents = [primary_extent, *(min_extent * np.exp(rng.uniform(0, log_range, size=num_objects - 1))).tolist()]
+    return classes, extents
+
+
+def render_toy_scene(
+    image_index: int,
+    seed: int,
+    size: int,
+    primary_class: int | None,
+    primary_extent: float,
+    min_extent: float,
+    max_extent: float,
+    max_objects: int = 3,
+    class_pool: tuple[int, ...] = ALL_CLASSES,
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """One synthetic image and its instances, without the void band.
+
+    Returns ``(rgb (H, W, 3) uint8, owner (H, W) int64, classes)``: ``owner`` is 0 on the background and
+    k + 1 where the k-th placed shape is visible (after occlusion; shapes are numbered in painting order,
+    largest first), ``classes[k]`` is that shape's TOY_CLASSES index. ``primary_class`` (a TOY_CLASSES index)
+    is the first shape's class; None gives an image of background only. Further shapes draw their classes
+    from ``class_pool``. Extents are fractions of the long side.
+    """
+    rng = np.random.default_rng([seed, image_index])
+    long_side, short_side = size, int(round(size * rng.uniform(0.66, 0.85)))
+    height, width = (short_side, long_side) if rng.random() < 0.75 else (long_side, short_side)
+    classes, extents = [], []
+    if primary_class is not None:
+        classes, extents = _draw_objects(
+            rng, primary_class, primary_extent, min_extent, max_extent, max_objects, class_pool
+        )
+    placed = _layout(rng, height, width, classes, extents)
+    placed.sort(key=lambda shape: -shape[3].sum())  # large ones first, so small ones stay visible
+    canvas = _background(rng, height, width)
+    owner = _paint(rng, canvas, placed, period=max(3, size // 40))
+    rgb = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    return rgb, owner, [cls for _, _, cls, _ in placed]
+
+
+def toy_label(owner: np.ndarray, mask_indices: list[int], void_width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The label map of an owner map: shape k becomes ``mask_indices[k]``, background 0, and the void band
+    around every shape :data:`IGNORE_INDEX`; returns ``(label (H, W) uint8, void (H, W) bool)``."""
+    class_of_owner = np.array([0, *mask_indices])
+    label = class_of_owner[owner].astype(np.uint8)
+    void = _void_mask(owner, len(mask_indices), void_width)
+    label[void] = IGNORE_INDEX
+    return label, void
+
+
 def render_toy_image(
     image_index: int,
     seed: int,
@@ -277,57 +346,47 @@ def render_toy_image(
     void_width: int,
     max_objects: int = 3,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, tuple[int, ...]]]]:
-    """One synthetic image.
+    """One synthetic image in VOC terms.
 
     Returns ``(rgb (H, W, 3) uint8, label (H, W) uint8, objects)`` where ``objects`` lists ``(class name, box)``
     for every object with at least one non-void pixel in ``label``, box 1-based inclusive around its visible
     pixels. ``primary_class`` indexes TOY_CLASSES; extents are fractions of the long side.
     """
-    rng = np.random.default_rng([seed, image_index])
-    long_side, short_side = size, int(round(size * rng.uniform(0.66, 0.85)))
-    height, width = (short_side, long_side) if rng.random() < 0.75 else (long_side, short_side)
-    counts = OBJECTS_PER_IMAGE[:max_objects]
-    p = np.asarray(OBJECTS_PER_IMAGE_P[:max_objects]) / sum(OBJECTS_PER_IMAGE_P[:max_objects])
-    num_objects = int(rng.choice(counts, p=p))
-    classes = [primary_class, *rng.integers(0, len(TOY_CLASSES), size=num_objects - 1).tolist()]
-    log_range = np.log(max_extent / min_extent)
-    extents = [primary_extent, *(min_extent * np.exp(rng.uniform(0, log_range, size=num_objects - 1))).tolist()]
-    placed = _layout(rng, height, width, classes, extents)
-    canvas = _background(rng, height, width)
-    owner = _paint(rng, canvas, placed, period=max(3, size // 40))
-    class_of_owner = np.array([0, *(CLASS_NAMES.index(TOY_CLASSES[c].name) + 1 for _, _, c, _ in placed)])
-    label = class_of_owner[owner].astype(np.uint8)
-    void = _void_mask(owner, len(placed), void_width)
-    label[void] = IGNORE_INDEX
+    rgb, owner, classes = render_toy_scene(
+        image_index, seed, size, primary_class, primary_extent, min_extent, max_extent, max_objects
+    )
+    label, void = toy_label(owner, [CLASS_NAMES.index(TOY_CLASSES[c].name) + 1 for c in classes], void_width)
     objects = []
-    for k in sorted(range(len(placed)), key=lambda k: -placed[k][3].sum()):
+    for k, cls in enumerate(classes):
         visible = owner == k + 1
         if not (visible & ~void).any():  # hidden or swallowed by the void band: not in the mask, so not in the XML
             continue
         rows, cols = np.nonzero(visible)
         box = (int(cols.min()) + 1, int(rows.min()) + 1, int(cols.max()) + 1, int(rows.max()) + 1)
-        objects.append((TOY_CLASSES[placed[k][2]].name, box))
-    rgb = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+        objects.append((TOY_CLASSES[cls].name, box))
     return rgb, label, objects
 
 
-def _prepare_output(out: Path) -> None:
-    """Refuse to write into a non-empty folder that is not a previous toy set (it might be a real VOC tree);
-    clear the folders of a previous toy set so no stale ids survive."""
+def prepare_toy_output(
+    out: Path, marker: str = MARKER_FILE, managed: tuple[str, ...] = MANAGED_DIRS, maker: str = "make_toy_voc"
+) -> None:
+    """Refuse to write into a non-empty folder that is not a previous toy set of ``maker`` (no ``marker`` file:
+    it might be a real dataset); clear the ``managed`` folders of a previous toy set so no stale ids survive."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, expected a folder")
     if out.exists() and any(out.iterdir()):
-        if not (out / MARKER_FILE).is_file():
+        if not (out / marker).is_file():
             raise OutputExistsError(
-                f"--out {out} is not empty and was not made by make_toy_voc (no {MARKER_FILE}); "
-                "choose an empty or new folder"
+                f"--out {out} is not empty and was not made by {maker} (no {marker}); choose an empty or new folder"
             )
-        for name in MANAGED_DIRS:
+        for name in managed:
             shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _check_params(num_train: int, num_val: int, size: int, seed: int, params: dict) -> None:
+def check_toy_params(num_train: int, num_val: int, size: int, seed: int, params: dict) -> None:
+    """Raise :class:`InputError` for a set size or renderer parameter out of range (``void_width`` only when
+    ``params`` has it)."""
     if num_train < 1 or num_val < 1:
         raise InputError(f"--num_train and --num_val must be >= 1, got {num_train} and {num_val}")
     if size < 32:
@@ -338,10 +397,21 @@ def _check_params(num_train: int, num_val: int, size: int, seed: int, params: di
         raise InputError(
             f"need 0 < --min_extent <= --max_extent <= 1, got {params['min_extent']} and {params['max_extent']}"
         )
-    if params["void_width"] < 0:
+    if params.get("void_width", 0) < 0:
         raise InputError(f"--void_width must be >= 0, got {params['void_width']}")
     if params["max_objects"] not in OBJECTS_PER_IMAGE:
         raise InputError(f"--max_objects must be one of {OBJECTS_PER_IMAGE}, got {params['max_objects']}")
+
+
+def stratified_primaries(
+    rng: np.random.Generator, num_images: int, class_pool: tuple[int, ...], min_extent: float, max_extent: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first object's class (from ``class_pool``) and extent of every image, stratified over the whole set:
+    every class is the first object of some image (given enough images), and both extent extremes occur."""
+    primary_classes = rng.permutation(np.asarray(class_pool)[np.arange(num_images) % len(class_pool)])
+    grid = np.linspace(0.0, 1.0, num_images) if num_images > 1 else np.array([0.5])
+    primary_extents = rng.permutation(min_extent * (max_extent / min_extent) ** grid)
+    return primary_classes, primary_extents
 
 
 def _write_image(out: Path, image_id: str, rgb, label, objects, palette, with_aug: bool) -> None:
@@ -383,21 +453,17 @@ def make_toy_voc(
     name), ``extent_px`` ([min, max] long side of the object boxes), and the generation parameters.
     """
     params = {"void_width": void_width, "min_extent": min_extent, "max_extent": max_extent, "max_objects": max_objects}
-    _check_params(num_train, num_val, size, seed, params)
+    check_toy_params(num_train, num_val, size, seed, params)
     out = Path(out)
-    _prepare_output(out)
+    prepare_toy_output(out)
 
     num_images = num_train + num_val
     rng = np.random.default_rng(seed)
     ids = [f"2007_{i + 1:06d}" for i in range(num_images)]
     val_ids = set(rng.choice(ids, size=num_val, replace=False).tolist())
-    # Stratified over the whole set: every class is the first object of some image (given >= 6 images), and both
-    # extent extremes occur.
-    primary_classes = rng.permutation(np.arange(num_images) % len(TOY_CLASSES))
-    grid = np.linspace(0.0, 1.0, num_images) if num_images > 1 else np.array([0.5])
-    primary_extents = rng.permutation(min_extent * (max_extent / min_extent) ** grid)
+    primary_classes, primary_extents = stratified_primaries(rng, num_images, ALL_CLASSES, min_extent, max_extent)
 
-    palette = voc_palette()
+    palette = color_map()
     class_counts = {toy.name: 0 for toy in TOY_CLASSES}
     extents: list[int] = []
     for index, image_id in enumerate(ids):

@@ -1,0 +1,1 @@
+"""COCO-2014: the descriptor (``--dataset coco14``) and ``python -m coco14.prepare`` (masks, lists, labels)."""
