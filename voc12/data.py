@@ -1,7 +1,7 @@
 """The datasets of the learning stages (docs/method.md#ssenet-training, #ssenet-inference, #affinitynet).
 
-Each reads its images through a dataset descriptor (:class:`tool.dataset.DatasetInfo`: VOC, COCO, a folder);
-the class names keep the published ``VOC12`` prefix.
+Each reads its images through a dataset descriptor (:class:`tool.dataset.DatasetInfo`: VOC, COCO, a folder), or,
+as before datasets were a parameter, a VOC devkit folder; the class names keep the published ``VOC12`` prefix.
 
 - :class:`VOC12ClsDataset` with :class:`TrainClsTransform` / :class:`ValClsTransform`:
   SSENet classification training and validation (docs/method.md#ssenet-training).
@@ -41,12 +41,18 @@ from tool.dataset import DatasetInfo, load_img_id_list
 from tool.fileio import load_label_png, load_scores, missing_score_file_message, score_file
 from tool.metrics import IGNORE_INDEX
 from tool.randomwalk import DEFAULT_RADIUS, FEATURE_STRIDE, from_region, pair_slices
+from voc12.dataset import VOC12
 
 # Colour jitter of docs/method.md#ssenet-training and #affinitynet (torchvision ColorJitter on the PIL image).
 COLOR_JITTER = {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.1}
 MSF_SCALES = (1.0, 0.5, 1.5, 2.0)
 # A pooled cell whose CRF scores are all below this lies in the crop's zero padding.
 NO_SCORE_EPS = 1e-5
+
+
+def as_dataset(dataset: DatasetInfo | str | os.PathLike) -> DatasetInfo:
+    """``dataset`` itself, or the VOC descriptor of a devkit folder (the published signature's ``voc12_root``)."""
+    return dataset if isinstance(dataset, DatasetInfo) else VOC12(dataset)
 
 
 def item_rng() -> np.random.Generator:
@@ -147,15 +153,15 @@ class VOC12ClsDataset(Dataset):
     def __init__(
         self,
         list_path: str | os.PathLike,
-        dataset: DatasetInfo,
+        dataset: DatasetInfo | str | os.PathLike,
         labels: Mapping[str, np.ndarray],
         transform: Callable[[Image.Image], Any] | None = None,
     ) -> None:
         self.ids = load_img_id_list(list_path, duplicates="drop")
-        self.dataset = dataset
-        self.labels = _label_matrix(self.ids, labels, list_path, dataset.num_fg_classes)
+        self.dataset = as_dataset(dataset)
+        self.labels = _label_matrix(self.ids, labels, list_path, self.dataset.num_fg_classes)
         self.transform = transform
-        _require_files({i: dataset.image_path(i) for i in self.ids}, "JPEG image", list_path)
+        _require_files({i: self.dataset.image_path(i) for i in self.ids}, "JPEG image", list_path)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -181,16 +187,16 @@ class VOC12ImageDatasetMSF(Dataset):
     def __init__(
         self,
         list_path: str | os.PathLike,
-        dataset: DatasetInfo,
+        dataset: DatasetInfo | str | os.PathLike,
         scales: Sequence[float] = MSF_SCALES,
         *,
         normalize: imutils.Normalizer,
     ) -> None:
         self.ids = load_img_id_list(list_path, duplicates="drop")
-        self.dataset = dataset
+        self.dataset = as_dataset(dataset)
         self.scales = tuple(scales)
         self.normalize = normalize
-        _require_files({i: dataset.image_path(i) for i in self.ids}, "JPEG image", list_path)
+        _require_files({i: self.dataset.image_path(i) for i in self.ids}, "JPEG image", list_path)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -212,7 +218,7 @@ class VOC12ClsDatasetMSF(VOC12ImageDatasetMSF):
     def __init__(
         self,
         list_path: str | os.PathLike,
-        dataset: DatasetInfo,
+        dataset: DatasetInfo | str | os.PathLike,
         labels: Mapping[str, np.ndarray],
         scales: Sequence[float] = MSF_SCALES,
         *,
@@ -220,7 +226,7 @@ class VOC12ClsDatasetMSF(VOC12ImageDatasetMSF):
     ) -> None:
         # Labels are checked before the files, as in VOC12ClsDataset.
         ids = load_img_id_list(list_path, duplicates="drop")
-        self.labels = _label_matrix(ids, labels, list_path, dataset.num_fg_classes)
+        self.labels = _label_matrix(ids, labels, list_path, as_dataset(dataset).num_fg_classes)
         super().__init__(list_path, dataset, scales, normalize=normalize)
 
     def __getitem__(self, index: int) -> dict:
@@ -287,7 +293,7 @@ class VOC12AffDataset(Dataset):
     def __init__(
         self,
         list_path: str | os.PathLike,
-        dataset: DatasetInfo,
+        dataset: DatasetInfo | str | os.PathLike,
         la_crf_dir: str | os.PathLike,
         ha_crf_dir: str | os.PathLike,
         crop_size: int = 448,
@@ -297,7 +303,7 @@ class VOC12AffDataset(Dataset):
         normalize: imutils.Normalizer,
     ) -> None:
         self.ids = load_img_id_list(list_path, duplicates="drop")
-        self.dataset = dataset
+        self.dataset = as_dataset(dataset)
         self.normalize = normalize
         self.la_crf_dir, self.ha_crf_dir = Path(la_crf_dir), Path(ha_crf_dir)
         self.crop_size = crop_size
@@ -306,7 +312,7 @@ class VOC12AffDataset(Dataset):
         self.color_jitter = ColorJitter(**COLOR_JITTER)
         grid = -(-crop_size // FEATURE_STRIDE)
         from_region(grid, grid, radius)  # raises early if the crop is too small for the pair radius
-        _require_files({i: dataset.image_path(i) for i in self.ids}, "JPEG image", list_path)
+        _require_files({i: self.dataset.image_path(i) for i in self.ids}, "JPEG image", list_path)
         for crf_dir in (self.la_crf_dir, self.ha_crf_dir):
             paths = {i: score_file(crf_dir, i, allow_pickle) for i in self.ids}
             missing = [p for p in paths.values() if not p.is_file()]
@@ -358,10 +364,12 @@ class VOC12AffDataset(Dataset):
 class VOC12ImageDataset(Dataset):
     """Plain images of a list (or of ``ids``): items are ``(id, (H, W, 3) uint8 tensor)``."""
 
-    def __init__(self, list_path: str | os.PathLike, dataset: DatasetInfo, ids: Sequence[str] | None = None):
+    def __init__(
+        self, list_path: str | os.PathLike, dataset: DatasetInfo | str | os.PathLike, ids: Sequence[str] | None = None
+    ):
         self.ids = list(ids) if ids is not None else load_img_id_list(list_path, duplicates="drop")
-        self.dataset = dataset
-        _require_files({i: dataset.image_path(i) for i in self.ids}, "JPEG image", list_path)
+        self.dataset = as_dataset(dataset)
+        _require_files({i: self.dataset.image_path(i) for i in self.ids}, "JPEG image", list_path)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -388,7 +396,7 @@ class VOC12SegDataset(Dataset):
     def __init__(
         self,
         list_path: str | os.PathLike,
-        dataset: DatasetInfo,
+        dataset: DatasetInfo | str | os.PathLike,
         label_dir: str | os.PathLike,
         crop_size: int = 448,
         scale_range: tuple[float, float] = (0.5, 1.5),
@@ -399,7 +407,7 @@ class VOC12SegDataset(Dataset):
         if not 0 < scale_range[0] <= scale_range[1]:
             raise ValueError(f"scale range must satisfy 0 < low <= high, got {scale_range}")
         self.ids = load_img_id_list(list_path)  # duplicates are an error: an image would weigh twice
-        self.dataset = dataset
+        self.dataset = as_dataset(dataset)
         self.label_dir = Path(label_dir)
         if not self.label_dir.is_dir():
             raise MissingFileError(f"label folder not found: {self.label_dir}")
@@ -407,7 +415,7 @@ class VOC12SegDataset(Dataset):
         self.scale_range = scale_range
         self.color_jitter = ColorJitter(**COLOR_JITTER) if color_jitter else None
         self.normalize = normalize
-        _require_files({i: dataset.image_path(i) for i in self.ids}, "JPEG image", list_path)
+        _require_files({i: self.dataset.image_path(i) for i in self.ids}, "JPEG image", list_path)
         _require_files({i: self.label_dir / f"{i}.png" for i in self.ids}, f"label PNG (in {label_dir})", list_path)
 
     def __len__(self) -> int:
