@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import run_pipeline
+from engine.datasets import get_dataset
 from tool.dataset import load_img_id_list
 from tool.fileio import load_label_png, load_scores
 
@@ -183,3 +184,42 @@ def test_pipeline_crf_folders_follow_the_infer_cls_alphas(tmp_path):
     alphas = pipe("--infer_cls_args", "--crf_alphas 3 20").crf_alphas()
     assert alphas == [3.0, 20.0]
     assert layout.la_ha_crf_dirs(tmp_path / "crf", alphas) == (tmp_path / "crf_3.0", tmp_path / "crf_20.0")
+
+
+# The same reduced demo on the other datasets' toy sets (no baseline): COCO-2014 through coco14.prepare, and a
+# folder of images with five classes.
+OTHER = [arg for arg in TINY if arg != "--ablation"]
+
+
+@pytest.fixture(scope="module", params=["coco14", "folder"])
+def other_demo(request, tmp_path_factory):
+    work = tmp_path_factory.mktemp(f"pipeline_{request.param}") / "work"
+    args = run_pipeline.get_args_parser().parse_args([*OTHER, "--dataset", request.param, "--work_dir", str(work)])
+    return request.param, work, run_pipeline.main(args)
+
+
+def test_other_datasets_run_every_stage(other_demo):
+    dataset, work, summary = other_demo
+    info = get_dataset(dataset, summary["settings"]["dataset_root"], check=False)
+    assert summary["dataset"] == dataset and summary["num_classes"] == info.num_classes == (
+        81 if dataset == "coco14" else 6
+    )
+    out = work / "ssenet" / "seed1"
+    infer_ids = load_img_id_list(work / "infer_list.txt")
+    for image_id in infer_ids:
+        gt = load_label_png(info.mask_path(image_id))
+        classes = sorted(int(c) for c in np.unique(gt) if c not in (0, 255))
+        keys, _ = load_scores(out / "cam" / f"{image_id}.npz", kind="cam", num_fg_classes=info.num_fg_classes)
+        labelled = set((keys + 1).tolist())
+        # The given labels agree with the masks; COCO's also count crowd annotations, which the recam masks leave
+        # as background.
+        assert labelled == set(classes) if dataset == "folder" else labelled >= set(classes)
+        assert set(np.unique(load_label_png(out / "rw" / f"{image_id}.png"))) <= {0, *labelled}
+    for stage in ("cam", "rw", "seg"):
+        result = json.loads((out / f"eval_{stage}.json").read_text())
+        assert result["dataset"] == dataset and list(result["IoU"]) == list(info.names_with_background)
+        assert summary[f"{stage}_miou_present"] == pytest.approx(result["mIoU_present"])
+    if dataset == "coco14":  # the lists and labels coco14.prepare made from the toy JSON
+        assert "prepare" in summary["stage_seconds"]
+        assert summary["settings"]["eval_list"] == str(work / "lists" / "train.txt")
+    assert summary["cam_miou_present"] > summary["background_only_miou_present"]
