@@ -33,7 +33,7 @@ from typing import TypeVar
 import numpy as np
 
 from engine import flags
-from tool import cli
+from tool import cli, layout
 from tool.cli import InputError
 from tool.dataset import load_img_id_list
 from tool.fileio import atomic_write_text, load_label_png, load_scores, missing_score_file_message, score_file
@@ -99,7 +99,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def gt_in_dir(gt_dir: str | os.PathLike, image_id: str) -> Path:
     """``<gt_dir>/<id>.png``: the ground truth of ``--gt_dir``."""
-    return Path(gt_dir) / f"{image_id}.png"
+    return layout.label_png(gt_dir, image_id)
 
 
 def image_confusion(
@@ -120,7 +120,7 @@ def image_confusion(
     gt_path = gt_path_of(image_id)
     gt = _read(load_label_png, gt_path, "ground truth")
     if pred_type == "png":
-        pred_path = Path(predict_dir) / f"{image_id}.png"
+        pred_path = layout.label_png(predict_dir, image_id)
         pred = _read(load_label_png, pred_path, "prediction")
         if pred.shape != gt.shape:
             raise EvaluationError(f"{pred_path}: prediction is {pred.shape} but ground truth {gt_path} is {gt.shape}")

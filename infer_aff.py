@@ -29,7 +29,7 @@ from tool.camutils import BG_SCORE
 from tool.crf import crf_inference
 from tool.fileio import load_scores, missing_score_file_message, save_png, save_scores, score_file
 from tool.imutils import hwc_to_chw
-from tool.randomwalk import DEFAULT_RADIUS, FEATURE_STRIDE, min_grid, propagate
+from tool.randomwalk import min_grid, propagate
 from voc12.data import VOC12ImageDataset
 
 logger = logging.getLogger(__name__)
@@ -92,15 +92,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def cam_grid(
-    keys: np.ndarray, cams: np.ndarray, padded_hw: tuple[int, int], bg_score: float, num_classes: int
+    keys: np.ndarray, cams: np.ndarray, padded_hw: tuple[int, int], bg_score: float, num_classes: int, stride: int = 8
 ) -> torch.Tensor:
     """(num_classes, H, W) scores [bg_score, CAM of class k at k + 1], zero-padded to ``padded_hw`` and
-    average-pooled 8x8 -> (num_classes, h, w) on the stride-8 grid (num_classes counts the background)."""
+    average-pooled ``stride`` x ``stride`` -> (num_classes, h, w) on the network's grid (num_classes counts the
+    background)."""
     h, w = cams.shape[1:]
     full = np.zeros((num_classes, *padded_hw), np.float32)
     full[0, :h, :w] = bg_score
     full[keys + 1, :h, :w] = cams
-    return F.avg_pool2d(torch.from_numpy(full)[None], FEATURE_STRIDE, FEATURE_STRIDE)[0]
+    return F.avg_pool2d(torch.from_numpy(full)[None], stride, stride)[0]
 
 
 @torch.inference_mode()
@@ -122,18 +123,18 @@ def random_walk_image(
     """Label map (H, W) uint8 and propagated grid scores (num_classes, h, w) for one image (flags of the same
     names; ``num_classes`` counts the background: the dataset's)."""
     height, width = image.shape[:2]
-    # Pad to a multiple of 8; tiny images further, so that the grid holds the network's pairs.
-    radius = getattr(model, "radius", DEFAULT_RADIUS)
+    # Pad to a multiple of the network's stride; tiny images further, so that the grid holds the network's pairs.
+    radius, stride = model.radius, model.stride
     min_rows, min_cols = min_grid(radius)
     padded = (
-        max(math.ceil(height / FEATURE_STRIDE), min_rows) * FEATURE_STRIDE,
-        max(math.ceil(width / FEATURE_STRIDE), min_cols) * FEATURE_STRIDE,
+        max(math.ceil(height / stride), min_rows) * stride,
+        max(math.ceil(width / stride), min_cols) * stride,
     )
     x = torch.from_numpy(hwc_to_chw(model.normalize(image)))[None]
     x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height))  # zeros after normalisation
     with torchutils.autocast(device, amp):
         aff = model(x.to(device))[0].float()  # (34, n_from)
-    grid = cam_grid(keys, cams, padded, bg_score, num_classes).to(device)
+    grid = cam_grid(keys, cams, padded, bg_score, num_classes, stride).to(device)
     scores = propagate(aff, grid, grid.shape[1:], beta=beta, logt=logt, mode=rw_mode, radius=radius)
     up = F.interpolate(scores[None], size=padded, mode="bilinear", align_corners=False)[0]
     if crf:
@@ -150,7 +151,7 @@ def run_images(args: argparse.Namespace, info, ids: list[str], env: ScriptEnv, p
         cam_path = score_file(args.cam_dir, image_id, args.allow_pickle)
         if not cam_path.is_file():
             raise cli.MissingFileError(f"--cam_dir: {missing_score_file_message(cam_path)}")
-    model = inference.load_model(args.network, args.width_mult, args.weights, env.device)
+    model = inference.load_model(args.network, args.width_mult, args.weights, env.device, head="aff")
     loader = DataLoader(
         VOC12ImageDataset(args.infer_list, info, ids=ids), batch_size=None, num_workers=args.num_workers
     )

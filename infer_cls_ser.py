@@ -276,7 +276,9 @@ def run_images(args: argparse.Namespace, info, ids: list[str], todo: list[int], 
     device = env.device
     threads = torch.get_num_threads()
     with CrfPool(args.crf_workers if args.out_crf else 0) as crf_pool:
-        model = inference.load_model(args.network, args.width_mult, args.weights, device, info.num_fg_classes)
+        model = inference.load_model(
+            args.network, args.width_mult, args.weights, device, info.num_fg_classes, head="cam"
+        )
         msf = _dataset(args, info, ids, model.normalize)
         # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
         loader = DataLoader(

@@ -101,14 +101,14 @@ def write_archive(server_dir: str | Path, ids: list[str], archive: str | Path) -
     (InputError naming the first one) when any image of the list is missing.
     """
     folder = Path(server_dir) / SERVER_SUBDIR
-    missing = [i for i in ids if not (folder / f"{i}.png").is_file()]
+    missing = [i for i in ids if not layout.label_png(folder, i).is_file()]
     if missing:
         raise cli.InputError(
             f"--archive: {len(missing)} of {len(ids)} predictions missing in {folder}; first: {missing[0]}"
         )
     with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
         for image_id in sorted(ids):
-            tar.add(folder / f"{image_id}.png", arcname=(SERVER_SUBDIR / f"{image_id}.png").as_posix())
+            tar.add(layout.label_png(folder, image_id), arcname=layout.label_png(SERVER_SUBDIR, image_id).as_posix())
     return len(ids)
 
 
@@ -118,7 +118,7 @@ def write_archive(server_dir: str | Path, ids: list[str], archive: str | Path) -
 def run_images(args: argparse.Namespace, info, todo: list[int], env: ScriptEnv, paths_of) -> int:
     """Predict and write ``todo`` (indices into the list of images of dataset ``info``); returns how many images
     were processed."""
-    model = inference.load_model(args.network, args.width_mult, args.weights, env.device, info.num_classes)
+    model = inference.load_model(args.network, args.width_mult, args.weights, env.device, info.num_classes, head="seg")
     msf = VOC12ImageDatasetMSF(args.infer_list, info, args.scales, normalize=model.normalize)
     # batch_size=None: items arrive one by one, uncollated (their scales have different sizes).
     pin = env.device.type == "cuda"

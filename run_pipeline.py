@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 import infer_cls_ser
+from coco14.dataset import LABELS as COCO_LABELS
 from coco14.make_toy_coco import MARKER_FILE as COCO_MARKER
 from coco14.make_toy_coco import make_toy_coco
 from engine import flags as script_flags
@@ -39,12 +40,13 @@ from engine.datasets import get_dataset
 from folder.make_toy_folder import MARKER_FILE as FOLDER_MARKER
 from folder.make_toy_folder import make_toy_folder
 from tool import layout
-from tool.dataset import load_img_id_list
+from tool.dataset import list_file, load_img_id_list
 from tool.fileio import atomic_path, atomic_write_text, load_label_png, load_scores
 from tool.layout import RunLayout, WorkLayout
 from tool.metrics import confusion, scores_from_confusion
 from tool.pyutils import setup_logger
 from voc12.data import load_rgb
+from voc12.make_toy_voc import LIST_DIR as VOC_LIST_DIR
 from voc12.make_toy_voc import MARKER_FILE as VOC_MARKER
 from voc12.make_toy_voc import make_toy_voc
 
@@ -316,33 +318,27 @@ class Pipeline:
     def voc_demo(self, toy: dict) -> Data:
         root = self.work.toy_data("voc12")
         self.make_toy(make_toy_voc, root, VOC_MARKER, toy)
-        lists = root / "ImageSets" / "Segmentation"
-        return Data(
-            root,
-            lists / "train.txt",
-            lists / "val.txt",
-            lists / "train.txt",
-            lists / "trainval.txt",
-            self.work.cls_labels,
-        )
+        lists = root / VOC_LIST_DIR
+        train, val = list_file(lists, "train"), list_file(lists, "val")
+        return Data(root, train, val, train, list_file(lists, "trainval"), self.work.cls_labels)
 
     def coco_demo(self, toy: dict) -> Data:
         """A toy set in the COCO-2014 layout, then ``coco14.prepare`` (masks, lists, labels) as on the real files."""
         root, lists = self.work.toy_data("coco14"), self.work.lists
         self.make_toy(make_toy_coco, root, COCO_MARKER, toy)
-        if not (lists / "cls_labels.npz").exists():
+        if not (lists / COCO_LABELS.name).exists():
             self.run(
                 "prepare", "-m coco14.prepare", argv({"--coco_root": root, "--list_dir": lists, "--num_workers": 1})
             )
-        train, val = lists / "train.txt", lists / "val.txt"
+        train, val = list_file(lists, "train"), list_file(lists, "val")
         write_list(self.work.infer_list, load_img_id_list(train) + load_img_id_list(val))
-        return Data(root, train, val, train, self.work.infer_list, lists / "cls_labels.npz")
+        return Data(root, train, val, train, self.work.infer_list, lists / COCO_LABELS.name)
 
     def folder_demo(self, toy: dict) -> Data:
         """A toy set in the folder layout (images/, classes.txt, labels.txt, masks/, train.txt, val.txt)."""
         root = self.work.toy_data("folder")
         self.make_toy(make_toy_folder, root, FOLDER_MARKER, toy)
-        train, val = root / "train.txt", root / "val.txt"
+        train, val = list_file(root, "train"), list_file(root, "val")
         write_list(self.work.infer_list, load_img_id_list(train) + load_img_id_list(val))
         return Data(root, train, val, train, self.work.infer_list, None)
 
@@ -356,13 +352,13 @@ class Pipeline:
         if final.exists():
             return
         root = self.work.pretrain_data
-        lists = root / "ImageSets" / "Segmentation"
+        lists = root / VOC_LIST_DIR
         flags = argv(
             {
                 "--dataset": "voc12",  # a toy VOC set for every demo: the stand-in for ImageNet is separate data
                 "--dataset_root": root,
-                "--train_list": lists / "train.txt",
-                "--val_list": lists / "val.txt",
+                "--train_list": list_file(lists, "train"),
+                "--val_list": list_file(lists, "val"),
                 "--session_name": session,
                 "--tblog_dir": self.work.pretrain_tensorboard,
                 "--cls_labels": self.work.pretrain_labels,

@@ -44,7 +44,7 @@ def loss_fn(model, batch, device):
 def main(args: argparse.Namespace) -> dict:
     info = flags.dataset_of(args)
     load_img_id_list(args.train_list)  # duplicate ids are an error here: they would weigh twice
-    model = training.build_model(args)
+    model = training.build_model(args, head="aff")
     dataset = VOC12AffDataset(
         args.train_list,
         info,
@@ -53,6 +53,7 @@ def main(args: argparse.Namespace) -> dict:
         crop_size=args.crop_size,
         allow_pickle=args.allow_pickle,
         normalize=model.normalize,
+        stride=model.stride,
     )
     return training.train(args, model, dataset, loss_fn)
 

@@ -27,7 +27,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Train SSENet (ResNet38 CAM network with scale equivariance)", script="train_cls_ser"
     )
     training.add_training_args(parser, "network.resnet38_cls_ser", batch_size=16, max_epoches=15)
-    parser.add_argument("--val_list", default="voc12/val.txt", help="validation list ('' skips validation)")
+    flags.add_val_list_flag(parser, "voc12/val.txt", "validation list")
     parser.add_argument(
         "--val_crop_size", type=cli.int_range(8, 4096), default=500, help="validation centre crop, pixels, 8..4096"
     )
@@ -90,7 +90,7 @@ def evaluate(model, loader, device) -> dict[str, float]:
 
 def main(args: argparse.Namespace) -> dict:
     info = flags.dataset_of(args)
-    model = training.build_model(args, info.num_fg_classes)
+    model = training.build_model(args, info.num_fg_classes, head="cam")
     ids = load_img_id_list(args.train_list)
     val_ids = load_img_id_list(args.val_list) if args.val_list else []
     labels = info.load_labels(ids + val_ids, args.cls_labels)

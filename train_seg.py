@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from engine import flags, training
 from network.resnet38_seg import segmentation_loss
-from tool import cli, imutils
+from tool import cli, imutils, layout
 from tool.dataset import load_img_id_list
 from tool.fileio import load_label_png
 from tool.metrics import confusion, scores_from_confusion
@@ -57,7 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="switch off the colour jitter (brightness/contrast/saturation 0.3, hue 0.1; SEAM jitters HSV too)",
     )
-    parser.add_argument("--val_list", default="", help="images scored (single scale, mIoU) after each epoch ('' skips)")
+    flags.add_val_list_flag(parser, "", "images scored (single scale, mIoU) after each epoch")
     parser.add_argument("--val_gt_dir", help="ground truth of --val_list (default: the dataset's masks)")
     return parser
 
@@ -109,7 +109,7 @@ def val_gt_paths(args: argparse.Namespace, info, val_ids: list[str]):
             raise cli.MissingFileError(f"--val_gt_dir {gt_dir}: not a folder (ground truth of --val_list)")
 
         def gt_path(image_id: str) -> Path:
-            return gt_dir / f"{image_id}.png"
+            return layout.label_png(gt_dir, image_id)
 
     else:
         gt_path = info.mask_path
@@ -128,7 +128,7 @@ def main(args: argparse.Namespace) -> dict:
     load_img_id_list(args.train_list)  # duplicate ids are an error here: they would weigh twice
     val_ids = load_img_id_list(args.val_list) if args.val_list else None  # scored once each
     gt_path = val_gt_paths(args, info, val_ids) if val_ids is not None else None
-    model = training.build_model(args, info.num_classes)
+    model = training.build_model(args, info.num_classes, head="seg")
     dataset = VOC12SegDataset(
         args.train_list,
         info,

@@ -30,6 +30,7 @@ from PIL import Image
 
 import evaluation
 from bench.benchutils import add_results_flag, cpu_model, record, timed
+from tool import layout
 from tool.dataset import color_map
 from tool.fileio import save_png, save_scores
 
@@ -87,9 +88,9 @@ def make_data(root: Path, num_images: int, num_cams: int, seed: int = 0) -> tupl
     for i, image_id in enumerate(ids):
         objects = random_objects(rng, int(rng.integers(1, 4)))
         gt = void_borders(draw(objects, 0.0, rng))
-        save_png(root / "gt" / f"{image_id}.png", gt, palette)
+        save_png(layout.label_png(root / "gt", image_id), gt, palette)
         if i < num_images:
-            save_png(root / "pred" / f"{image_id}.png", draw(objects, 0.15, rng), palette)
+            save_png(layout.label_png(root / "pred", image_id), draw(objects, 0.15, rng), palette)
         if i < num_cams:
             classes = sorted({obj[0] for obj in objects})
             cams = np.zeros((len(classes), HEIGHT, WIDTH), np.float32)
@@ -98,7 +99,7 @@ def make_data(root: Path, num_images: int, num_cams: int, seed: int = 0) -> tupl
                 k = classes.index(cls)
                 cams[k] = np.maximum(cams[k], blob * rng.uniform(0.5, 1.0))
             cams /= cams.reshape(len(classes), -1).max(1)[:, None, None] + 1e-5
-            save_scores(root / "cam" / f"{image_id}.npz", np.array(classes) - 1, cams, kind="cam")
+            save_scores(layout.score_npz(root / "cam", image_id), np.array(classes) - 1, cams, kind="cam")
     for name, n in (("masks.txt", num_images), ("cams.txt", num_cams)):
         (root / name).write_text("".join(f"{image_id}\n" for image_id in ids[:n]))
     return ids[:num_images], ids[:num_cams]
@@ -107,7 +108,7 @@ def make_data(root: Path, num_images: int, num_cams: int, seed: int = 0) -> tupl
 def decode_all(root: Path, ids: list[str]) -> None:
     for image_id in ids:
         for sub in ("gt", "pred"):
-            with Image.open(root / sub / f"{image_id}.png") as img:
+            with Image.open(layout.label_png(root / sub, image_id)) as img:
                 np.asarray(img)
 
 
@@ -115,8 +116,8 @@ def per_class_loop(root: Path, ids: list[str], num_classes: int = 21) -> float:
     """The reference's way: boolean masks per class per image, in one process. Returns the mIoU (%)."""
     tp, p, t = np.zeros(num_classes), np.zeros(num_classes), np.zeros(num_classes)
     for image_id in ids:
-        gt = np.array(Image.open(root / "gt" / f"{image_id}.png"))
-        pred = np.array(Image.open(root / "pred" / f"{image_id}.png"))
+        gt = np.array(Image.open(layout.label_png(root / "gt", image_id)))
+        pred = np.array(Image.open(layout.label_png(root / "pred", image_id)))
         valid = gt < 255
         hit = (pred == gt) * valid
         for c in range(num_classes):

@@ -79,12 +79,15 @@ def reference_style(args: argparse.Namespace, out: Path) -> tuple[int, float, fl
         norm_cam = cam_sum / (cam_sum.max(axis=(1, 2), keepdims=True) + 1e-5)
         keys = np.flatnonzero(label > 0)
         t_net += time.perf_counter() - start
-        save_scores(out / "cam" / f"{item['id']}.npz", keys, norm_cam[keys], kind="cam")
-        save_png(out / "pred" / f"{item['id']}.png", infer_cls_ser.cam_prediction(norm_cam, args.bg_score), palette)
+        paths = layout.cam_stage_paths(
+            item["id"], out_cam=out / "cam", out_cam_pred=out / "pred", out_crf=out / "crf", crf_alphas=args.crf_alphas
+        )
+        save_scores(paths["cam"], keys, norm_cam[keys], kind="cam")
+        save_png(paths["cam_pred"], infer_cls_ser.cam_prediction(norm_cam, args.bg_score), palette)
         start = time.perf_counter()
         for alpha in args.crf_alphas:
             crf_keys, scores = crf_scores_with_alpha(image, keys, norm_cam[keys], alpha)
-            save_scores(layout.crf_dir(out / "crf", alpha) / f"{item['id']}.npz", crf_keys, scores, kind="crf")
+            save_scores(paths[layout.crf_kind(alpha)], crf_keys, scores, kind="crf")
         t_crf += time.perf_counter() - start
     return len(dataset), t_net, t_crf
 

@@ -105,6 +105,11 @@ def add_data_flags(
         parser.add_argument(list_flag, default=list_default, help=f"{list_help} (default for voc12: {list_default})")
 
 
+def add_val_list_flag(parser: argparse.ArgumentParser, default: str, help: str) -> None:
+    """``--val_list``: the images a training script scores after each epoch (``''`` skips validation)."""
+    parser.add_argument("--val_list", default=default, help=f"{help} ('' skips validation)")
+
+
 def add_cls_labels_flag(parser: argparse.ArgumentParser) -> None:
     """``--cls_labels``: the image-level label file (default: the dataset's)."""
     parser.add_argument(

@@ -21,7 +21,7 @@ import torch
 
 from engine.script import ScriptEnv, script_context
 from network import build_network
-from network.resnet38d import load_weights
+from network.weights import load_weights
 from tool import cli, layout, torchutils
 from tool.dataset import load_img_id_list
 from tool.fileio import remove_stale_temps
@@ -30,11 +30,17 @@ logger = logging.getLogger(__name__)
 
 
 def load_model(
-    network: str, width_mult: float, weights: str, device: torch.device, num_classes: int | None = None
+    network: str,
+    width_mult: float,
+    weights: str,
+    device: torch.device,
+    num_classes: int | None = None,
+    head: str | None = None,
 ) -> torch.nn.Module:
-    """The network module ``network`` at ``width_mult`` with ``num_classes`` outputs (None: a head without classes)
-    and ``weights`` (head included), in eval mode on ``device``."""
-    model = build_network(network, width_mult, num_classes)
+    """The network module ``network`` at ``width_mult`` with ``num_classes`` outputs (None: a head without classes;
+    ``head``: the kind a bare backbone gets, :func:`network.build_network`) and ``weights`` (head included), in eval
+    mode on ``device``."""
+    model = build_network(network, width_mult, num_classes, head)
     load_weights(model, weights, allow_missing_head=False)
     return model.eval().to(device)
 

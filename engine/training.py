@@ -46,7 +46,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from engine import flags
 from engine.script import ScriptEnv, script_context
 from network import build_network
-from network.resnet38d import load_weights
+from network.weights import load_weights
 from tool import cli, layout, pyutils, torchutils
 from tool.cli import InputError
 from tool.fileio import atomic_path, remove_stale_temps
@@ -206,13 +206,14 @@ class TrainConfig:
         return cls(**values)
 
 
-def build_model(args: argparse.Namespace, num_classes: int | None = None) -> torch.nn.Module:
+def build_model(args: argparse.Namespace, num_classes: int | None = None, head: str | None = None) -> torch.nn.Module:
     """``--network`` module's ``Net`` at ``--width_mult`` with ``num_classes`` outputs (None: a head without
-    classes), initialised from ``--weights`` (flags of ``args``)."""
+    classes; ``head``: the kind a bare backbone gets, :func:`network.build_network`), initialised from
+    ``--weights`` (flags of ``args``)."""
     cfg = TrainConfig.from_args(args)
     # Seeded here so that --seed fixes the new layers' random init, whatever ran before in this process.
     torchutils.seed_everything(cfg.seed)
-    model = build_network(cfg.network, cfg.width_mult, num_classes)
+    model = build_network(cfg.network, cfg.width_mult, num_classes, head)
     if cfg.weights:
         load_weights(model, cfg.weights, allow_missing_head=True)
     elif cfg.from_scratch:

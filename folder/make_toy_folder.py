@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from tool import cli
-from tool.dataset import color_map
+from tool.dataset import color_map, list_file
 from tool.fileio import atomic_path, atomic_write_text, save_png
 from tool.metrics import IGNORE_INDEX
 from voc12.make_toy_voc import (
@@ -175,7 +175,7 @@ def make_toy_folder(
     atomic_write_text(out / "classes.txt", "".join(f"{name}\n" for name in CLASS_NAMES))
     atomic_write_text(out / "labels.txt", "".join(f"{line}\n" for line in lines))
     for name, list_ids in (("train", train), ("val", val)):
-        atomic_write_text(out / f"{name}.txt", "".join(f"{i}\n" for i in list_ids))
+        atomic_write_text(list_file(out, name), "".join(f"{i}\n" for i in list_ids))
 
     summary = {"train": train, "val": val, **_counts(plan, present)}
     summary["params"] = {"num_train": num_train, "num_val": num_val, "size": size, "seed": seed, **params}

@@ -12,35 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from network import resnet38d
+from network.heads import CamHead
 from tool.camutils import max_norm
-from voc12.voc import NUM_FG_CLASSES
-
-
-class CamHead:
-    """The SSENet head, put before a backbone in the bases: ``class Net(CamHead, resnet38d.Net)``.
-
-    Dropout2d(0.5) and a bias-free 1x1 ``fc8`` (Xavier uniform) on the backbone's stride-8 features; the CAM is
-    upsampled (bilinear) to the input size. Keyword arguments beyond ``width_mult`` go to the backbone.
-    """
-
-    new_layer_names = ("fc8",)
-
-    def __init__(self, width_mult: float = 1.0, num_classes: int = NUM_FG_CLASSES, **backbone):
-        super().__init__(width_mult, **backbone)
-        self.num_classes = num_classes
-        self.dropout7 = nn.Dropout2d(0.5)
-        self.fc8 = nn.Conv2d(self.out_channels, num_classes, 1, bias=False)
-        nn.init.xavier_uniform_(self.fc8.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """CAM scores before ReLU, (N, num_classes, H, W) at the input size."""
-        features = super().forward(x)  # (N, C, H/8, W/8)
-        cam = self.fc8(self.dropout7(features))
-        return F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)
 
 
 class Net(CamHead, resnet38d.Net):
-    pass
+    """SSENet's CAM network on ResNet38: :class:`network.heads.CamHead` (dropout, ``fc8`` to the classes)."""
 
 
 def downscale(x: torch.Tensor, rate: float) -> torch.Tensor:

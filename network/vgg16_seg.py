@@ -13,38 +13,16 @@ fc6 and fc7 load from it and train at the pretrained learning rates (1x / 2x);
 only ``fc8`` is new (10x / 20x), and an ``fc8`` found in an ImageNet file
 (the 1000-class classifier) is ignored by the weight loader. ``conv1_*`` and
 ``conv2_*`` stay frozen, as in every VGG16 network here
-(:data:`network.vgg16d.FROZEN_MODULES`). Images are normalised with Caffe's BGR
+(:data:`network.vgg16d.FROZEN_MODULES`); fc6's dilation 12 is the backbone's ``head_options``. The head is
+:class:`network.heads.LargeFOVHead`. Images are normalised with Caffe's BGR
 means (``Net.normalize``), which the scripts take from the network.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from network import vgg16d
-from voc12.voc import NUM_CLASSES
-
-FC6_DILATION = 12  # "LargeFOV": 3x3 kernel at dilation 12 on the stride-8 grid
-FC8_INIT_STD = 0.01
+from network.heads import LargeFOVHead
 
 
-class Net(vgg16d.Net):
-    new_layer_names = ("fc8",)
-
-    def __init__(self, width_mult: float = 1.0, num_classes: int = NUM_CLASSES):
-        super().__init__(width_mult, fc6_dilation=FC6_DILATION)
-        self.drop7 = nn.Dropout2d(0.5)
-        self.num_classes = num_classes
-        self.fc8 = nn.Conv2d(self.out_channels, num_classes, 1, bias=True)
-        nn.init.normal_(self.fc8.weight, std=FC8_INIT_STD)
-        nn.init.zeros_(self.fc8.bias)
-
-    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Class scores on the stride-8 grid, (N, num_classes, ceil(H/8), ceil(W/8))."""
-        return self.fc8(self.drop7(super().forward(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class scores (logits) at the input size, (N, num_classes, H, W)."""
-        return F.interpolate(self.forward_logits(x), size=x.shape[2:], mode="bilinear", align_corners=False)
+class Net(LargeFOVHead, vgg16d.Net):
+    pass

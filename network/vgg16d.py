@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from network.resnet38d import scaled, split_parameter_groups
+from network.backbone import Backbone, scaled
 from tool.caffemodel import read_caffemodel
 
 # Caffe's VGG16 means, BGR order.
@@ -54,84 +54,6 @@ def denormalize(img: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
-class Net(nn.Module):
-    """The backbone. ``forward(x)`` gives conv5fc, (N, 1024 * width_mult, ceil(H/8), ceil(W/8))."""
-
-    #: names of the layers a head adds on top of the backbone (trained from scratch)
-    new_layer_names: tuple[str, ...] = ()
-    #: every layer of the head (absent from ImageNet weights)
-    head_layer_names: tuple[str, ...] = ()
-    normalize = staticmethod(normalize)
-    denormalize = staticmethod(denormalize)
-
-    def __init__(self, width_mult: float = 1.0, fc6_dilation: int = 1):
-        super().__init__()
-        self.width_mult = width_mult
-
-        def c(n):
-            return n if n == 3 else scaled(n, width_mult)
-
-        # Registration order: conv1_1 ... conv5_3, pools, fc6, fc7 (the published module order).
-        for block, convs in enumerate(BLOCKS, start=1):
-            for name, in_ch, out_ch in convs:
-                dilation = 2 if block == 5 else 1
-                setattr(self, name, nn.Conv2d(c(in_ch), c(out_ch), 3, padding=dilation, dilation=dilation))
-            if block <= 4:
-                setattr(self, f"pool{block}", nn.MaxPool2d(kernel_size=3, stride=2 if block < 4 else 1, padding=1))
-        self.fc6 = nn.Conv2d(c(512), c(1024), 3, padding=fc6_dilation, dilation=fc6_dilation)
-        self.drop6 = nn.Dropout2d(0.5)
-        self.fc7 = nn.Conv2d(c(1024), c(1024), 1)
-
-        for name in FROZEN_MODULES:
-            for p in getattr(self, name).parameters():
-                p.requires_grad_(False)
-
-    @property
-    def out_channels(self) -> int:
-        return self.fc7.out_channels
-
-    def forward_as_dict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """conv4 (ReLU'd conv4_3, before pool4), conv5 (ReLU'd conv5_3) and conv5fc (ReLU'd fc7)."""
-        feats = {}
-        for block, convs in enumerate(BLOCKS, start=1):
-            for name, _, _ in convs:
-                x = F.relu(getattr(self, name)(x))
-            if block >= 4:
-                feats[f"conv{block}"] = x
-            if block <= 4:
-                x = getattr(self, f"pool{block}")(x)
-        x = self.drop6(F.relu(self.fc6(x)))
-        feats["conv5fc"] = F.relu(self.fc7(x))
-        return feats
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_as_dict(x)["conv5fc"]
-
-    def train(self, mode: bool = True) -> Net:
-        # Nothing to keep in eval mode (no BatchNorm); frozen layers were frozen in __init__.
-        return super().train(mode)
-
-    def init_backbone_from_scratch(self) -> None:
-        """He-normal init of the backbone convolutions (zero biases), for training without ImageNet weights."""
-        new_modules = {id(m) for name in self.new_layer_names for m in getattr(self, name).modules()}
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d) and id(m) not in new_modules:
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-
-    def calibrate_batchnorm(self, forward_batches) -> None:
-        """No BatchNorm to calibrate: the VGG16 networks train from scratch as they are."""
-
-    def parameter_groups(self) -> list[list[nn.Parameter]]:
-        """Trainable Conv2d and GroupNorm/BatchNorm weights and biases, split as the published VGG16 code:
-        [pretrained weights, pretrained biases, new-layer weights, new-layer biases]."""
-        return split_parameter_groups(self, (nn.Conv2d, nn.GroupNorm, nn.BatchNorm2d))
-
-    def get_parameter_groups(self) -> list[list[nn.Parameter]]:
-        """The published name of :meth:`parameter_groups`."""
-        return self.parameter_groups()
-
-
 def convert_caffe_to_torch(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Weights of a ``.caffemodel`` as ``{"<layer>.weight": tensor, "<layer>.bias": tensor}``.
 
@@ -150,3 +72,51 @@ def convert_caffe_to_torch(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             else:
                 state_dict[f"{layer}.blob{i}"] = torch.from_numpy(blob)
     return state_dict
+
+
+class Net(Backbone):
+    """The backbone. ``forward(x)`` gives conv5fc, (N, 1024 * width_mult, ceil(H/8), ceil(W/8))."""
+
+    feature_levels = {"conv4": 512, "conv5": 512, "conv5fc": 1024}
+    out_feature = "conv5fc"
+    affinity_features = ("conv4", "conv5", "conv5fc")
+    affinity_group_norm = (8, 16, 32)  # the published VGG16 AffinityNet normalises its embeddings
+    # fc6's dilation per head: 1 for SSENet, 4 for AffinityNet (as published), 12 for DeepLab-LargeFOV.
+    head_options = {"cam": {"fc6_dilation": 1}, "aff": {"fc6_dilation": 4}, "seg": {"fc6_dilation": 12}}
+    frozen_modules = FROZEN_MODULES
+    param_layer_types = (nn.Conv2d, nn.GroupNorm, nn.BatchNorm2d)  # the published split counts the GroupNorms
+    normalize = staticmethod(normalize)
+    denormalize = staticmethod(denormalize)
+    weight_readers = {".caffemodel": convert_caffe_to_torch}  # DeepLab's vgg16_20M.caffemodel
+
+    def __init__(self, width_mult: float = 1.0, fc6_dilation: int = 1):
+        super().__init__(width_mult)
+
+        def c(n):
+            return n if n == 3 else scaled(n, width_mult)
+
+        # Registration order: conv1_1 ... conv5_3, pools, fc6, fc7 (the published module order).
+        for block, convs in enumerate(BLOCKS, start=1):
+            for name, in_ch, out_ch in convs:
+                dilation = 2 if block == 5 else 1
+                setattr(self, name, nn.Conv2d(c(in_ch), c(out_ch), 3, padding=dilation, dilation=dilation))
+            if block <= 4:
+                setattr(self, f"pool{block}", nn.MaxPool2d(kernel_size=3, stride=2 if block < 4 else 1, padding=1))
+        self.fc6 = nn.Conv2d(c(512), c(1024), 3, padding=fc6_dilation, dilation=fc6_dilation)
+        self.drop6 = nn.Dropout2d(0.5)
+        self.fc7 = nn.Conv2d(c(1024), c(1024), 1)
+        self.freeze()
+
+    def forward_as_dict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """conv4 (ReLU'd conv4_3, before pool4), conv5 (ReLU'd conv5_3) and conv5fc (ReLU'd fc7)."""
+        feats = {}
+        for block, convs in enumerate(BLOCKS, start=1):
+            for name, _, _ in convs:
+                x = F.relu(getattr(self, name)(x))
+            if block >= 4:
+                feats[f"conv{block}"] = x
+            if block <= 4:
+                x = getattr(self, f"pool{block}")(x)
+        x = self.drop6(F.relu(self.fc6(x)))
+        feats["conv5fc"] = F.relu(self.fc7(x))
+        return feats

@@ -632,7 +632,7 @@ CASES: dict[str, Callable] = {
     "train_resnet_caffemodel": lambda w, t: (
         train_cls_ser,
         train_args(w, t, weights=w["base"] / "vgg16.caffemodel"),
-        ["--weights", "vgg16.caffemodel", "backbone weights missing", "resnet38_cls_ser"],
+        ["--weights", "vgg16.caffemodel", "resnet38_cls_ser", "not .caffemodel"],
     ),
     "train_aff_vgg16_caffemodel_truncated": lambda w, t: (
         train_aff,

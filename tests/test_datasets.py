@@ -96,10 +96,12 @@ def shapes_root(tmp_path_factory):
     return root
 
 
-def run_every_stage(dataset: str, root: Path, out: Path, list_path: Path) -> dict:
-    """Train and run every stage of the method on ``dataset`` in ``root`` (1/8 width, from scratch, one epoch each);
-    returns the evaluation of the segmentation network's predictions."""
+def run_every_stage(dataset: str, root: Path, out: Path, list_path: Path, network: str | None = None) -> dict:
+    """Train and run every stage of the method on ``dataset`` in ``root`` (1/8 width, from scratch, one epoch each;
+    with ``network``, the backbone module every stage builds its head on); returns the evaluation of the
+    segmentation network's predictions."""
     data = ["--dataset", dataset, "--dataset_root", str(root), "--device", "cpu", "--width_mult", WIDTH]
+    data += ["--network", network] if network else []
     train = [*data, *quick_train_flags(), "--from_scratch", "--train_list", str(list_path)]
     infer = [*data, "--infer_list", str(list_path), "--num_workers", "0"]
     scripts = (

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from network import resnet38_aff, resnet38_cls_ser, resnet38d
+from network import heads, resnet38_aff, resnet38_cls_ser, resnet38d
 from tests.helpers import fill_reference_weights, read_key_spec
 
 DATA = Path(__file__).parent / "data"
@@ -105,14 +105,14 @@ def test_pair_affinities_by_hand():
     feat = torch.zeros(1, 1, 5, 9)
     feat[0, 0, 0, 5] = 2.0
     feat[0, 0, 1, 0] = 0.5
-    aff = resnet38_aff.pair_affinities(feat)
+    aff = heads.pair_affinities(feat)
     expected = torch.ones(34)
     expected[0] = np.exp(-2.0)  # offset (0, 1)
     expected[4] = np.exp(-0.5)  # offset (1, -4), the first of dy = 1
     torch.testing.assert_close(aff[0, :, 0], expected)
     # Two channels: the mean over channels of |difference|.
     feat2 = torch.cat([feat, torch.zeros_like(feat)], dim=1)
-    torch.testing.assert_close(resnet38_aff.pair_affinities(feat2)[0, 0, 0], torch.tensor(np.exp(-1.0)).float())
+    torch.testing.assert_close(heads.pair_affinities(feat2)[0, 0, 0], torch.tensor(np.exp(-1.0)).float())
 
 
 def _bn_modules(model):

@@ -20,7 +20,7 @@ import train_seg
 from engine import inference
 from network import resnet38_cls_ser, resnet38d, vgg16_seg, vgg16d
 from network.resnet38_seg import Net, segmentation_loss
-from network.resnet38d import load_weights
+from network.weights import load_weights
 from tests.caffe_wire import caffemodel_of
 from tests.helpers import quick_train_flags
 from tool import imutils
@@ -84,7 +84,7 @@ def test_seg_net_shapes_groups_and_frozen_parts():
 
 
 def test_seg_net_loads_a_backbone_checkpoint_only_with_allow_missing_head(tmp_path):
-    from network.resnet38d import load_weights
+    from network.weights import load_weights
 
     cls_path = tmp_path / "cls.pth"
     torch.save(resnet38_cls_ser.Net(width_mult=WIDTH).state_dict(), cls_path)

@@ -531,8 +531,8 @@ def test_accum_steps_equal_full_batch(toy, monkeypatch):
     # numbers, and every augmentation draw then happens in the same order in both runs.
     build = training.build_model
 
-    def without_dropout(args, num_classes=20):
-        model = build(args, num_classes)
+    def without_dropout(args, num_classes=20, **kwargs):
+        model = build(args, num_classes, **kwargs)
         for m in model.modules():
             if isinstance(m, nn.Dropout2d):
                 m.p = 0.0
@@ -571,8 +571,8 @@ models = []
 build = training.build_model
 
 
-def keep(args, num_classes=None):
-    models.append(build(args, num_classes))
+def keep(args, num_classes=None, **kwargs):
+    models.append(build(args, num_classes, **kwargs))
     return models[-1]
 
 

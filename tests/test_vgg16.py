@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from network import vgg16_aff, vgg16_cls_ser, vgg16d
-from network.resnet38d import load_weights
+from network import heads, vgg16_aff, vgg16_cls_ser, vgg16d
+from network.weights import load_weights
 from tests.caffe_wire import caffemodel_of, key, layer, length_delimited, net, varint
 from tests.helpers import fill_reference_weights, read_key_spec
 from tool.caffemodel import CaffeModelError, read_caffemodel
@@ -92,7 +92,7 @@ def test_small_width_heads():
         assert cls(torch.randn(1, 3, 37, 50)).shape == (1, 20, 37, 50)
         a = aff(torch.randn(1, 3, 96, 128))
     assert a.shape == (1, 34, 64) and bool(((a > 0) & (a <= 1)).all())
-    assert vgg16_aff.group_norm(32, 24).num_groups == 8  # gcd: a group count that divides the channels
+    assert heads.group_norm(32, 24).num_groups == 8  # gcd: a group count that divides the channels
 
 
 def test_dilations_and_pools():

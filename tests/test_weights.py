@@ -20,7 +20,8 @@ import torch
 import train_cls_ser
 from engine import training
 from network import resnet38_aff, resnet38_cls_ser
-from network.resnet38d import convert_mxnet_to_torch, load_weights, mxnet_to_torch_name
+from network.resnet38d import convert_mxnet_to_torch, mxnet_to_torch_name
+from network.weights import load_weights
 from tests.helpers import fill_reference_weights, read_key_spec
 
 DATA = Path(__file__).parent / "data"

@@ -1,6 +1,6 @@
 """What the pipeline needs to know about a dataset: the descriptor contract, image lists, the colour map.
 
-One :class:`DatasetInfo` subclass per dataset (``voc12.voc.VOC12``, ``coco14.coco.COCO14``,
+One :class:`DatasetInfo` subclass per dataset (``voc12.dataset.VOC12``, ``coco14.dataset.COCO14``,
 ``folder.dataset.FolderDataset``), one instance per dataset folder. It says which foreground classes
 there are (background is mask index 0, :data:`IGNORE_INDEX` is ignored), where the image and the
 ground-truth mask of an id are, where the image-level labels come from, the default lists and any
@@ -116,6 +116,11 @@ def _read_ids(path: Path) -> list[str]:
     return [parse_list_line(line, f"{path}:{n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
+def list_file(list_dir: str | os.PathLike, name: str) -> Path:
+    """``<list_dir>/<name>.txt``: where a list called ``name`` (train, val, ...) lives in a folder of lists."""
+    return Path(list_dir) / f"{name}.txt"
+
+
 def write_lists(list_dir: str | os.PathLike, lists: dict[str, list[str]], overwrite: bool = False) -> list[Path]:
     """Write ``<list_dir>/<name>.txt`` (one bare id a line); returns the files written.
 
@@ -125,7 +130,7 @@ def write_lists(list_dir: str | os.PathLike, lists: dict[str, list[str]], overwr
     list_dir = Path(list_dir)
     pending = {}
     for name, ids in lists.items():
-        path = list_dir / f"{name}.txt"
+        path = list_file(list_dir, name)
         if path.exists():
             if _read_ids(path) == ids:
                 continue

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tool import layout
 from tool.cli import InputError, MissingFileError
 
 SCORE_DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -128,11 +129,10 @@ def save_scores(path: str | os.PathLike, keys, scores: np.ndarray, dtype: str = 
 def score_file(directory: str | os.PathLike, image_id: str, allow_pickle: bool = False) -> Path:
     """The score file of ``image_id`` in ``directory``: ours (``.npz``) or, with
     ``allow_pickle``, the reference's pickled ``.npy``."""
-    directory = Path(directory)
-    path = directory / f"{image_id}.npz"
+    path = layout.score_npz(directory, image_id)
     if path.exists() or not allow_pickle:
         return path
-    return directory / f"{image_id}.npy"
+    return path.with_suffix(".npy")
 
 
 def missing_score_file_message(path: str | os.PathLike) -> str:

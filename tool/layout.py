@@ -32,6 +32,16 @@ def la_ha_crf_dirs(out_crf: PathLike, crf_alphas: Sequence[float]) -> tuple[Path
     return crf_dir(out_crf, min(crf_alphas)), crf_dir(out_crf, max(crf_alphas))
 
 
+def label_png(folder: PathLike, image_id: str) -> Path:
+    """``<folder>/<id>.png``: an image's label PNG in any label folder (ground truth, CAM predictions, walk, seg)."""
+    return Path(folder) / f"{image_id}.png"
+
+
+def score_npz(folder: PathLike, image_id: str) -> Path:
+    """``<folder>/<id>.npz``: an image's score file (CAM, CRF or walk scores, docs/formats.md)."""
+    return Path(folder) / f"{image_id}.npz"
+
+
 def cam_stage_paths(
     image_id: str,
     *,
@@ -44,22 +54,22 @@ def cam_stage_paths(
     """Every file ``infer_cls_ser.py`` writes for ``image_id``, by kind (cam, cam_pred, crf_<alpha>, vis)."""
     paths = {}
     if out_cam:
-        paths["cam"] = Path(out_cam) / f"{image_id}.npz"
+        paths["cam"] = score_npz(out_cam, image_id)
     if out_cam_pred:
-        paths["cam_pred"] = Path(out_cam_pred) / f"{image_id}.png"
+        paths["cam_pred"] = label_png(out_cam_pred, image_id)
     if out_crf:
         for alpha in crf_alphas:
-            paths[crf_kind(alpha)] = crf_dir(out_crf, alpha) / f"{image_id}.npz"
+            paths[crf_kind(alpha)] = score_npz(crf_dir(out_crf, alpha), image_id)
     if out_vis:
-        paths["vis"] = Path(out_vis) / f"{image_id}.png"
+        paths["vis"] = label_png(out_vis, image_id)
     return paths
 
 
 def rw_stage_paths(image_id: str, out_rw: PathLike, out_rw_scores: PathLike | None = None) -> dict[str, Path]:
     """Every file ``infer_aff.py`` writes for ``image_id``: the label PNG (``rw``) and optionally its scores."""
-    paths = {"rw": Path(out_rw) / f"{image_id}.png"}
+    paths = {"rw": label_png(out_rw, image_id)}
     if out_rw_scores:
-        paths["rw_scores"] = Path(out_rw_scores) / f"{image_id}.npz"
+        paths["rw_scores"] = score_npz(out_rw_scores, image_id)
     return paths
 
 
@@ -73,9 +83,9 @@ def seg_stage_paths(
     """Every file ``infer_seg.py`` writes for ``image_id``: the label PNG (``seg``) and/or its server copy."""
     paths = {}
     if out_seg:
-        paths["seg"] = Path(out_seg) / f"{image_id}.png"
+        paths["seg"] = label_png(out_seg, image_id)
     if test_server_dir:
-        paths["server"] = Path(test_server_dir) / SERVER_SUBDIR / f"{image_id}.png"
+        paths["server"] = label_png(Path(test_server_dir) / SERVER_SUBDIR, image_id)
     return paths
 
 

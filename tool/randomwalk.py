@@ -1,4 +1,4 @@
-"""Pair geometry on the stride-8 feature grid and random-walk propagation.
+"""Pair geometry on the network's feature grid (stride 8 for every network here) and random-walk propagation.
 
 AffinityNet (Ahn & Kwak, CVPR 2018, section 3) predicts an affinity for every pair
 of feature-grid pixels closer than a radius. This module is the single home of
@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 DEFAULT_RADIUS = 5
-FEATURE_STRIDE = 8  # the walk runs on the backbone's output grid: one cell per 8 x 8 image pixels
 
 
 @cache

@@ -35,12 +35,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import ColorJitter
 
-from tool import imutils
+from tool import imutils, layout
 from tool.cli import InputError, MissingFileError
 from tool.dataset import DatasetInfo, load_img_id_list
 from tool.fileio import load_label_png, load_scores, missing_score_file_message, score_file
 from tool.metrics import IGNORE_INDEX
-from tool.randomwalk import DEFAULT_RADIUS, FEATURE_STRIDE, from_region, pair_slices
+from tool.randomwalk import DEFAULT_RADIUS, from_region, pair_slices
 from voc12.dataset import VOC12
 
 # Colour jitter of docs/method.md#ssenet-training and #affinitynet (torchvision ColorJitter on the PIL image).
@@ -278,16 +278,16 @@ class VOC12AffDataset(Dataset):
     """AffinityNet training data (docs/method.md#affinitynet): items are ``(img, bg_pos, fg_pos, neg)``.
 
     ``img`` is the augmented, normalised (3, crop, crop) float32 image and the
-    pair labels are (n_offsets, n_from) float32 on the ceil(crop / 8) grid
-    (34 x 2496 for crop 448, radius 5). Labels come from the CRF score files of
-    ``infer_cls_ser.py`` (keys 0 = background, k + 1 = class k) in
+    pair labels are (n_offsets, n_from) float32 on the ceil(crop / stride) grid of
+    the network (``stride``, its ``Net.stride``: 34 x 2496 for crop 448, radius 5,
+    stride 8). Labels come from the CRF score files of ``infer_cls_ser.py`` (keys 0 = background, k + 1 = class k) in
     ``la_crf_dir`` (low alpha) and ``ha_crf_dir`` (high alpha); with
     ``allow_pickle`` the reference's pickled ``.npy`` files are read too.
 
     Augmentation: colour jitter, joint random crop of the uint8 image and the
     stacked scores (zero padding, so the padded image is black before
     normalisation and the padded scores mark "no label"), normalise, joint
-    horizontal flip, 8 x 8 average pooling of the scores.
+    horizontal flip, stride x stride average pooling of the scores.
     """
 
     def __init__(
@@ -301,16 +301,18 @@ class VOC12AffDataset(Dataset):
         allow_pickle: bool = False,
         *,
         normalize: imutils.Normalizer,
+        stride: int = 8,
     ) -> None:
         self.ids = load_img_id_list(list_path, duplicates="drop")
         self.dataset = as_dataset(dataset)
         self.normalize = normalize
+        self.stride = stride
         self.la_crf_dir, self.ha_crf_dir = Path(la_crf_dir), Path(ha_crf_dir)
         self.crop_size = crop_size
         self.radius = radius
         self.allow_pickle = allow_pickle
         self.color_jitter = ColorJitter(**COLOR_JITTER)
-        grid = -(-crop_size // FEATURE_STRIDE)
+        grid = -(-crop_size // stride)
         from_region(grid, grid, radius)  # raises early if the crop is too small for the pair radius
         _require_files({i: self.dataset.image_path(i) for i in self.ids}, "JPEG image", list_path)
         for crf_dir in (self.la_crf_dir, self.ha_crf_dir):
@@ -349,7 +351,7 @@ class VOC12AffDataset(Dataset):
         img_arr = np.asarray(self.color_jitter(img))
         img_arr, scores = imutils.random_crop(img_arr, scores, crop_size=self.crop_size, rng=rng)
         img_arr, scores = imutils.random_hflip(self.normalize(img_arr), scores, rng=rng)
-        pooled = imutils.pool_scores(scores, FEATURE_STRIDE)  # (grid, grid, 2K)
+        pooled = imutils.pool_scores(scores, self.stride)  # (grid, grid, 2K)
 
         label = label_from_crf_scores(pooled[..., :n_keys], pooled[..., n_keys:])
         bg_pos, fg_pos, neg = affinity_labels(label, self.radius)
@@ -416,14 +418,15 @@ class VOC12SegDataset(Dataset):
         self.color_jitter = ColorJitter(**COLOR_JITTER) if color_jitter else None
         self.normalize = normalize
         _require_files({i: self.dataset.image_path(i) for i in self.ids}, "JPEG image", list_path)
-        _require_files({i: self.label_dir / f"{i}.png" for i in self.ids}, f"label PNG (in {label_dir})", list_path)
+        labels = {i: layout.label_png(self.label_dir, i) for i in self.ids}
+        _require_files(labels, f"label PNG (in {label_dir})", list_path)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def load_label(self, image_id: str, size: tuple[int, int]) -> Image.Image:
         """The label of ``image_id`` as a PIL "L" image, checked against the image ``size`` (W, H) and the classes."""
-        path = self.label_dir / f"{image_id}.png"
+        path = layout.label_png(self.label_dir, image_id)
         try:
             label = load_label_png(path)
         except (OSError, ValueError) as e:

@@ -39,12 +39,13 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from tool import cli
 from tool.cli import InputError, OutputExistsError
-from tool.dataset import color_map
+from tool.dataset import color_map, list_file
 from tool.fileio import atomic_path, atomic_write_text, save_png
 from tool.metrics import IGNORE_INDEX
 from voc12.voc import CLASS_NAMES
 
 MARKER_FILE = "toy_voc.json"
+LIST_DIR = Path("ImageSets", "Segmentation")  # the devkit's lists, relative to its root
 MANAGED_DIRS = ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationClassAug", "ImageSets")
 
 
@@ -431,7 +432,7 @@ def _write_lists(out: Path, ids: list[str], val_ids: set[str]) -> tuple[list[str
     val = sorted(val_ids)
     lists = {"train": train, "val": val, "trainval": ids, "train_aug": train}
     for name, list_ids in lists.items():
-        atomic_write_text(out / "ImageSets" / "Segmentation" / f"{name}.txt", "".join(f"{i}\n" for i in list_ids))
+        atomic_write_text(list_file(out / LIST_DIR, name), "".join(f"{i}\n" for i in list_ids))
     return train, val
 
 
