@@ -15,6 +15,7 @@ import argparse
 import functools
 import logging
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -24,9 +25,10 @@ from tqdm import tqdm
 
 from engine import flags, inference
 from engine.script import ScriptEnv
-from tool import cli, layout, pyutils, torchutils
+from tool import autothreshold, cli, layout, pyutils, torchutils
 from tool.camutils import BG_SCORE
 from tool.crf import crf_inference
+from tool.dataset import load_img_id_list
 from tool.fileio import load_scores, missing_score_file_message, save_png, save_scores, score_file
 from tool.imutils import hwc_to_chw
 from tool.randomwalk import min_grid, propagate
@@ -66,9 +68,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--bg_score",
-        type=cli.unit_float,
+        type=cli.or_auto(cli.unit_float),
         default=BG_SCORE,
-        help="constant background CAM score in [0, 1] (reference: 0.2)",
+        help="constant background CAM score in [0, 1] (reference: 0.2); auto: computed from the --cam_dir CAMs of "
+        "the list, written to <out_rw>/bg_score.json (docs/method.md#automatic-thresholds)",
     )
     parser.add_argument(
         "--crf",
@@ -174,16 +177,35 @@ def run_images(args: argparse.Namespace, info, ids: list[str], env: ScriptEnv, p
     return done
 
 
+def auto_bg_score(args: argparse.Namespace, info) -> Callable[[list[str], ScriptEnv], dict]:
+    """``--bg_score auto``: the rule of :mod:`tool.autothreshold` on the CAMs of the list, put into ``args``;
+    returns the hook that records it in ``<out_rw>/bg_score.json`` once the walk is done."""
+    ids = load_img_id_list(args.infer_list, duplicates="warn")
+    args.bg_score, stats = autothreshold.bg_score_from_cam_files(
+        args.cam_dir, ids, info.num_fg_classes, args.allow_pickle
+    )
+    logger.info("--bg_score auto: %g (%s over %d images)", args.bg_score, autothreshold.RULE, stats["images"])
+
+    def record(ids: list[str], env: ScriptEnv) -> dict:
+        if env.is_main:
+            autothreshold.write_record(args.out_rw, args.bg_score, stats, auto=True)
+        return {"bg_score": args.bg_score}
+
+    return record
+
+
 def main(args: argparse.Namespace) -> dict:
     info = flags.dataset_of(args)
     paths_of = functools.partial(layout.rw_stage_paths, out_rw=args.out_rw, out_rw_scores=args.out_rw_scores)
     out_dirs = [("--out_rw", args.out_rw)] + ([("--out_rw_scores", args.out_rw_scores)] if args.out_rw_scores else [])
+    finish = auto_bg_score(args, info) if args.bg_score == autothreshold.AUTO else None
     return inference.run_stage(
         args,
         "random walk",
         out_dirs,
         paths_of,
         lambda ids, todo, env: run_images(args, info, [ids[i] for i in todo], env, paths_of),
+        finish,
     )
 
 

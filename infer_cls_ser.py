@@ -49,8 +49,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from engine import flags, inference
-from engine.script import ScriptEnv
-from tool import cli, layout
+from engine.script import ScriptEnv, script_context
+from tool import autothreshold, cli, layout, torchutils
 from tool.camutils import BG_SCORE, max_norm
 from tool.crf import crf_scores_with_alpha
 from tool.dataset import color_map
@@ -314,10 +314,11 @@ def default_crf_workers() -> int:
 def add_crf_alphas_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--crf_alphas",
-        type=cli.float_range(0, 1000, lo_open=True),
+        type=cli.or_auto(cli.float_range(0, 1000, lo_open=True)),
         nargs="+",
         default=list(CRF_ALPHAS),
-        help="background powers of the CRF scores in (0, 1000], bg = (1 - max cam) ** alpha (reference: 4 24)",
+        help="background powers of the CRF scores in (0, 1000], bg = (1 - max cam) ** alpha (reference: 4 24); "
+        "auto: the low / high pair from the background score (docs/method.md#automatic-thresholds)",
     )
 
 
@@ -360,9 +361,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out_vis", help="folder for <id>.png CAM overlays (image + classes)")
     parser.add_argument(
         "--bg_score",
-        type=cli.unit_float,
+        type=cli.or_auto(cli.unit_float),
         default=BG_SCORE,
-        help="constant background score of --out_cam_pred in [0, 1], against CAMs in [0, 1] (reference: 0.2)",
+        help="constant background score of --out_cam_pred in [0, 1], against CAMs in [0, 1] (reference: 0.2); "
+        "auto: computed from the CAMs of the list, written to <out_cam>/bg_score.json (needs --out_cam; "
+        "docs/method.md#automatic-thresholds)",
     )
     add_crf_alphas_arg(parser)
     parser.add_argument(
@@ -380,12 +383,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> dict:
-    if not (args.out_cam or args.out_cam_pred or args.out_crf or args.out_vis):
-        raise SystemExit("nothing to write: give at least one of --out_cam, --out_cam_pred, --out_crf, --out_vis")
-    if args.out_crf and not args.crf_alphas:
-        raise SystemExit("--out_crf needs at least one --crf_alphas value")
-    info = flags.dataset_of(args)  # a folder of another dataset is refused before any work
+def cam_stage(args: argparse.Namespace, info, finish=None) -> dict:
+    """One pass of the stage over the list, writing the outputs ``args`` asks for."""
     outputs = {"out_cam": args.out_cam, "out_cam_pred": args.out_cam_pred, "out_vis": args.out_vis}
     paths_of = functools.partial(layout.cam_stage_paths, out_crf=args.out_crf, crf_alphas=args.crf_alphas, **outputs)
     out_dirs = [(f"--{flag}", folder) for flag, folder in outputs.items() if folder]
@@ -396,7 +395,50 @@ def main(args: argparse.Namespace) -> dict:
         out_dirs,
         paths_of,
         lambda ids, todo, env: run_images(args, info, ids, todo, env, paths_of),
+        finish,
     )
+
+
+def resolve_auto(args: argparse.Namespace, info) -> dict:
+    """``--bg_score auto`` / ``--crf_alphas auto``: a first pass writes the CAMs, the rule reads them
+    (:mod:`tool.autothreshold`), ``args`` gets the values, ``<out_cam>/bg_score.json`` records them."""
+    auto_bg = args.bg_score == autothreshold.AUTO
+    if auto_bg:
+
+        def choose(ids: list[str], env: ScriptEnv) -> dict:
+            value, stats = autothreshold.bg_score_from_cam_files(args.out_cam, ids, info.num_fg_classes)
+            return {"bg_score": value, "statistics": stats}
+
+        only_cams = {"out_cam_pred": None, "out_crf": None, "out_vis": None, "crf_alphas": []}
+        first = argparse.Namespace(**{**vars(args), **only_cams})
+        chosen = cam_stage(first, info, choose)
+        args.bg_score, stats = chosen["bg_score"], chosen["statistics"]
+    else:
+        stats = {}
+    if args.crf_alphas == [autothreshold.AUTO]:
+        args.crf_alphas = autothreshold.crf_alphas_for(args.bg_score)
+    record = {"bg_score": args.bg_score, "crf_alphas": args.crf_alphas, "auto_bg_score": auto_bg}
+    logger.info("automatic choice: background score %g, CRF alphas %s", args.bg_score, args.crf_alphas)
+    if args.out_cam and torchutils.is_main_process():
+        autothreshold.write_record(args.out_cam, args.bg_score, stats, crf_alphas=args.crf_alphas, auto=auto_bg)
+    return record
+
+
+def main(args: argparse.Namespace) -> dict:
+    if not (args.out_cam or args.out_cam_pred or args.out_crf or args.out_vis):
+        raise SystemExit("nothing to write: give at least one of --out_cam, --out_cam_pred, --out_crf, --out_vis")
+    if args.out_crf and not args.crf_alphas:
+        raise SystemExit("--out_crf needs at least one --crf_alphas value")
+    if autothreshold.AUTO in args.crf_alphas and args.crf_alphas != [autothreshold.AUTO]:
+        raise SystemExit("--crf_alphas: 'auto' stands alone (it chooses the low and the high alpha)")
+    if args.bg_score == autothreshold.AUTO and not args.out_cam:
+        raise SystemExit("--bg_score auto needs --out_cam: the rule reads the CAM files of the list")
+    info = flags.dataset_of(args)  # a folder of another dataset is refused before any work
+    if args.bg_score == autothreshold.AUTO or args.crf_alphas == [autothreshold.AUTO]:
+        with script_context(args):  # one process group for both passes
+            record = resolve_auto(args, info)
+            return {**cam_stage(args, info), **record}
+    return cam_stage(args, info)
 
 
 if __name__ == "__main__":

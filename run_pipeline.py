@@ -39,7 +39,7 @@ from engine import flags as script_flags
 from engine.datasets import get_dataset
 from folder.make_toy_folder import MARKER_FILE as FOLDER_MARKER
 from folder.make_toy_folder import make_toy_folder
-from tool import layout
+from tool import autothreshold, layout
 from tool.dataset import list_file, load_img_id_list
 from tool.fileio import atomic_path, atomic_write_text, load_label_png, load_scores
 from tool.layout import RunLayout, WorkLayout
@@ -254,9 +254,14 @@ class Pipeline:
             flags["--cls_labels"] = self.data.cls_labels
         return flags
 
-    def crf_alphas(self) -> list[float]:
-        """The effective ``--crf_alphas`` of the infer_cls stage (its preset and user flags): the CRF folders."""
-        return infer_cls_ser.crf_alphas_of(self.flags("infer_cls"))
+    def crf_alphas(self, run: RunLayout) -> list[float] | None:
+        """The effective ``--crf_alphas`` of ``run``'s infer_cls stage (its preset and user flags): the CRF folders.
+        With ``--crf_alphas auto`` the stage's record says which (None before it ran)."""
+        alphas = infer_cls_ser.crf_alphas_of(self.flags("infer_cls"))
+        if alphas != [autothreshold.AUTO]:
+            return alphas
+        record = autothreshold.record_path(run.cam)
+        return json.loads(record.read_text())["crf_alphas"] if record.exists() else None
 
     def train(self, name: str, stage: str, run: RunLayout, seed: int, stage_flags: dict) -> Path:
         """``stage``'s training script on the training list from ``self.weights``, unless the session's final
@@ -375,13 +380,9 @@ class Pipeline:
             stage_flags["--ser_weight"] = 0
         weights = self.train(name, "train_cls", run, seed, stage_flags)
         ids = load_img_id_list(self.data.infer_list)
-        outputs = {
-            "out_cam": run.cam,
-            "out_cam_pred": run.cam_pred,
-            "out_crf": run.crf,
-            "crf_alphas": self.crf_alphas(),
-        }
-        if not all(layout.all_exist(layout.cam_stage_paths(i, **outputs)) for i in ids):
+        alphas = self.crf_alphas(run)
+        outputs = {"out_cam": run.cam, "out_cam_pred": run.cam_pred, "out_crf": run.crf, "crf_alphas": alphas or []}
+        if alphas is None or not all(layout.all_exist(layout.cam_stage_paths(i, **outputs)) for i in ids):
             flags = {"--weights": weights, "--infer_list": self.data.infer_list, **self.data_flags(with_labels=True)}
             flags.update({"--out_cam": run.cam, "--out_cam_pred": run.cam_pred, "--out_crf": run.crf})
             self.run(f"{name}/infer_cls", "infer_cls_ser.py", argv(flags) + self.flags("infer_cls"))
@@ -391,7 +392,7 @@ class Pipeline:
         """train_aff -> infer_aff -> random-walk evaluation; returns the scores."""
         run = self.work.run(variant, seed)
         name = f"{variant}/seed{seed}"
-        la_crf, ha_crf = layout.la_ha_crf_dirs(run.crf, self.crf_alphas())
+        la_crf, ha_crf = layout.la_ha_crf_dirs(run.crf, self.crf_alphas(run))
         weights = self.train(name, "train_aff", run, seed, {"--la_crf_dir": la_crf, "--ha_crf_dir": ha_crf})
         ids = load_img_id_list(self.data.infer_list)
         if not all(layout.all_exist(layout.rw_stage_paths(i, run.rw)) for i in ids):
@@ -447,7 +448,7 @@ class Pipeline:
     def figure(self, run: RunLayout, path: Path, n: int) -> None:
         """Rows of (image, ground truth, CAM prediction, CRF label, random-walk label) for ``n`` val images."""
         palette = self.info.palette
-        alpha = min(self.crf_alphas())
+        alpha = min(self.crf_alphas(run))
         rows = []
         for i in self.figure_ids(run, n):
             image = np.asarray(load_rgb(self.info.image_path(i)))

@@ -173,17 +173,24 @@ def test_paper_preset_requires_weights(tmp_path):
 def test_pipeline_crf_folders_follow_the_infer_cls_alphas(tmp_path):
     """Issue 9: ``--infer_cls_args "--crf_alphas 3 20"`` must move the folders train_aff reads too."""
     import run_pipeline
-    from tool import layout
+    from tool import autothreshold, layout
 
     def pipe(*extra):
         argv = ["--preset", "demo", "--work_dir", str(tmp_path), *extra]
         return run_pipeline.Pipeline(run_pipeline.get_args_parser().parse_args(argv))
 
-    assert pipe().crf_alphas() == [1.0, 8.0]  # the demo preset's
-    assert pipe("--preset", "paper").crf_alphas() == [4.0, 24.0]  # the reference's (the last --preset wins)
-    alphas = pipe("--infer_cls_args", "--crf_alphas 3 20").crf_alphas()
+    run = layout.RunLayout(tmp_path / "ssenet" / "seed1")
+    assert pipe("--infer_cls_args", "--crf_alphas 1 8").crf_alphas(run) == [1.0, 8.0]
+    assert pipe("--preset", "paper").crf_alphas(run) == [4.0, 24.0]  # the reference's (the last --preset wins)
+    alphas = pipe("--infer_cls_args", "--crf_alphas 3 20").crf_alphas(run)
     assert alphas == [3.0, 20.0]
     assert layout.la_ha_crf_dirs(tmp_path / "crf", alphas) == (tmp_path / "crf_3.0", tmp_path / "crf_20.0")
+    # auto: unknown until the infer_cls stage has recorded its choice, then the recorded pair
+    auto = pipe("--infer_cls_args", "--crf_alphas auto")
+    assert auto.crf_alphas(run) is None
+    run.cam.mkdir(parents=True)
+    autothreshold.write_record(run.cam, 0.5, {}, crf_alphas=[1.0, 8.0])
+    assert auto.crf_alphas(run) == [1.0, 8.0]
 
 
 # The same reduced demo on the other datasets' toy sets (no baseline): COCO-2014 through coco14.prepare, and a

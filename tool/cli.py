@@ -93,6 +93,21 @@ nonneg_float = float_range(0)
 unit_float = float_range(0, 1)
 
 
+def or_auto(value_type: Callable[[str], float]) -> Callable[[str], float | str]:
+    """``type=`` for a flag that takes ``auto`` (a value the script computes) or a value of ``value_type``."""
+
+    def parse(text: str) -> float | str:
+        if text == "auto":
+            return text
+        try:
+            return value_type(text)
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"{e} (or 'auto')") from None
+
+    parse.__name__ = getattr(value_type, "__name__", "value")
+    return parse
+
+
 def worker_count(text: str) -> int:
     """``type=`` for a count of worker processes: an integer >= 0, capped at the CPUs this process may use
     (a larger pool only adds memory and contention; 256 loader workers once took a whole machine)."""
