@@ -33,6 +33,7 @@ from bench.benchutils import add_results_flag, cpu_model, record, timed
 from tool import layout
 from tool.dataset import color_map
 from tool.fileio import save_png, save_scores
+from voc12.voc import NUM_CLASSES, NUM_FG_CLASSES
 
 HEIGHT, WIDTH = 375, 500
 
@@ -41,10 +42,10 @@ SECTION = "## Evaluation"
 
 
 def random_objects(rng: np.random.Generator, num_objects: int) -> list[tuple[int, float, float, float, float]]:
-    """(class 1..20, centre y, centre x, semi-axis y, semi-axis x) of a few ellipses."""
+    """(class 1..NUM_FG_CLASSES, centre y, centre x, semi-axis y, semi-axis x) of a few ellipses."""
     return [
         (
-            int(rng.integers(1, 21)),
+            int(rng.integers(1, NUM_FG_CLASSES + 1)),
             rng.uniform(0.2, 0.8) * HEIGHT,
             rng.uniform(0.2, 0.8) * WIDTH,
             rng.uniform(0.1, 0.4) * HEIGHT,
@@ -112,7 +113,7 @@ def decode_all(root: Path, ids: list[str]) -> None:
                 np.asarray(img)
 
 
-def per_class_loop(root: Path, ids: list[str], num_classes: int = 21) -> float:
+def per_class_loop(root: Path, ids: list[str], num_classes: int = NUM_CLASSES) -> float:
     """The reference's way: boolean masks per class per image, in one process. Returns the mIoU (%)."""
     tp, p, t = np.zeros(num_classes), np.zeros(num_classes), np.zeros(num_classes)
     for image_id in ids:

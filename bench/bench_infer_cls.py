@@ -8,7 +8,7 @@ alphas 4 and 24) and are timed in the same run:
   per scale, only present classes resized, CRF in ``--crf_workers`` processes
   overlapping the network);
 - reference style: per image, 8 separate forwards (4 scales x flip, one image
-  each), all 20 classes resized, then the CRF for both alphas in line.
+  each), all classes resized, then the CRF for both alphas in line.
 
 Both are run with torch's default thread count and with one thread: on a
 shared machine an oversubscribed OpenMP pool can dominate the default-thread
@@ -141,7 +141,7 @@ def report(rows: list[tuple], n: int, cli: argparse.Namespace, ours_args: argpar
         f"scales {' '.join(map(str, ours_args.scales))} x flip; CRF alphas {ours_args.crf_alphas}; "
         f"outputs: CAM .npz, CAM PNG, 2 CRF .npz per image; DataLoader workers {cli.num_workers}; "
         f"ours with --crf_workers {ours_args.crf_workers} (the network then gets the remaining torch threads).",
-        "Reference style: per image 8 forwards of 1 image, all 20 classes resized, CRF for both alphas in line.",
+        "Reference style: per image 8 forwards of 1 image, all classes resized, CRF for both alphas in line.",
         "CPU s: user + system time of the process and its finished children (loader and CRF workers).",
         "",
         "Network / CRF: the reference-style loop's wall seconds per image in the network (with the CAM maths)",

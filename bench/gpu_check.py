@@ -41,7 +41,7 @@ from tool import cli, torchutils
 from tool.dataset import load_img_id_list
 from tool.randomwalk import propagate
 from voc12.make_toy_voc import make_toy_voc
-from voc12.voc import jpeg_path
+from voc12.voc import NUM_FG_CLASSES, jpeg_path
 
 SECTION = "## GPU check"
 REPO = Path(__file__).resolve().parents[1]
@@ -91,8 +91,8 @@ def reset_peak(device: torch.device) -> None:
 
 def cls_batch(batch: int, crop: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    labels = (torch.rand(batch, 20, generator=g) < 0.15).float()
-    labels[torch.arange(batch), torch.randint(20, (batch,), generator=g)] = 1  # at least one class
+    labels = (torch.rand(batch, NUM_FG_CLASSES, generator=g) < 0.15).float()
+    labels[torch.arange(batch), torch.randint(NUM_FG_CLASSES, (batch,), generator=g)] = 1  # at least one class
     return torch.randn(batch, 3, crop, crop, generator=g), labels
 
 
