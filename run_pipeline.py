@@ -52,6 +52,7 @@ from voc12.make_toy_voc import make_toy_voc
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent
+DEMO_RANGES = ROOT / "bench" / "demo_ranges.json"  # each demo number's range over 9 runs (bench.bench_demo_grid)
 
 # Flags of each stage, per preset. The paper preset is the reference's defaults (docs/method.md). The demo runs
 # the very same SSENet and AffinityNet stages (frozen BatchNorm, the reference optimiser, --weights) at width 1/8
@@ -539,9 +540,26 @@ def _cell(mean: dict, std: dict, key: str, n_seeds: int) -> str:
     return f"{all_classes:6.2f} / {present:5.2f}"
 
 
+def demo_ranges(summary: dict) -> dict | None:
+    """The range of each number over the demo's 9 measured runs (bench/demo_ranges.json, written by
+    ``bench.bench_demo_grid``), for a demo run of one seed on a dataset that has them; else None."""
+    if summary.get("preset") != "demo" or len(summary["settings"]["seeds"]) != 1 or not DEMO_RANGES.exists():
+        return None
+    return json.loads(DEMO_RANGES.read_text()).get(summary["dataset"])
+
+
+def _range(ranges: dict | None, key: str, name: str | None = None) -> str:
+    if ranges is None or key not in ranges or (name is not None and name not in ranges[key]):
+        return ""
+    low, high = ranges[key] if name is None else ranges[key][name]
+    return f" [{low:.1f}-{high:.1f}]"
+
+
 def format_table(summary: dict) -> str:
-    """mIoU over all classes and over the classes present in the ground truth, per-class IoU, stage times."""
+    """mIoU over all classes and over the classes present in the ground truth, per-class IoU, stage times; for a
+    single demo run, each number's range over the demo's measured runs beside it."""
     settings = summary["settings"]
+    ranges = demo_ranges(summary)
     n_seeds = len(settings["seeds"])
     means = [r["mean"] for r in summary["variants"].values()]
     stages = [s for s in ("cam", "rw", "seg") if any(f"{s}_miou" in m for m in means)]
@@ -553,13 +571,20 @@ def format_table(summary: dict) -> str:
     for variant, r in summary["variants"].items():
         cells = "".join(f"{_cell(r['mean'], r['std'], s, n_seeds):>24}" for s in stages)
         lines.append(f"{VARIANT_NAMES[variant]:<34}{cells}")
+    if ranges is not None:
+        cells = "".join(f"{_range(ranges, f'{s}_miou_present').strip():>24}" for s in stages)
+        lines.append(f"{'range over ' + str(ranges['runs']) + ' demo runs':<34}{cells}")
     floor = f"{summary['background_only_miou']:6.2f} / {summary['background_only_miou_present']:5.2f}"
     lines.append(f"{'all background (train)':<34}{floor:>24}")
     lines.append("")
     lines.append(f"per-class IoU, {VARIANT_NAMES['ssenet']}, seed {settings['seeds'][0]}:")
-    lines.append(f"{'class':<14}" + "".join(f"{titles[s]:>15}" for s in stages))
+    lines.append(f"{'class':<14}" + "".join(f"{titles[s]:>{27 if ranges is not None else 15}}" for s in stages))
+    width = 27 if ranges is not None else 15
     for name in summary.get(f"{stages[0]}_iou", {}) if stages else ():
-        lines.append(f"{name:<14}" + "".join(f"{summary[f'{s}_iou'].get(name, 0.0):>15.2f}" for s in stages))
+        cells = (f"{summary[f'{s}_iou'].get(name, 0.0):.2f}{_range(ranges, f'{s}_iou', name)}" for s in stages)
+        lines.append(f"{name:<14}" + "".join(f"{c:>{width}}" for c in cells))
+    if ranges is not None:
+        lines.append(f"[low-high]: the range over the {ranges['runs']} runs of bench/RESULTS.md ({ranges['command']})")
     lines.append("")
     lines.append(f"{'stage':<34}{'seconds':>10}")
     for stage, seconds in summary["stage_seconds"].items():

@@ -56,8 +56,23 @@ def test_otsu_hand_values():
 
 def test_histogram_ignores_images_without_classes_and_clips():
     assert autothreshold.max_cam_histogram(np.zeros((0, 5, 5), np.float32), bins=10).sum() == 0
-    hist = autothreshold.max_cam_histogram(np.array([[[0.0, 1.0, 0.55]], [[0.2, 0.3, 0.56]]], np.float32), bins=10)
-    assert hist.tolist() == [0, 0, 1, 0, 0, 1, 0, 0, 0, 1]  # per pixel max: 0.2, 1.0 (last bin), 0.56
+    cams = np.array([[[0.0, 1.0, 0.55, 0.0]], [[0.2, 0.3, 0.56, -0.1]]], np.float32)
+    hist = autothreshold.max_cam_histogram(cams, bins=10)
+    assert hist.tolist() == [0, 0, 1, 0, 0, 1, 0, 0, 0, 1]  # per pixel max: 0.2, 1.0 (last bin), 0.56; 0 left out
+    assert autothreshold.max_cam_histogram(cams, bins=10, with_zeros=True).tolist() == [1, 0, 1, 0, 0, 1, 0, 0, 0, 1]
+
+
+def test_clipped_pixels_do_not_move_the_threshold():
+    """Pixels whose every CAM is clipped to 0 are left out: adding any number of them changes nothing, while
+    the same mass just above 0 drags Otsu's threshold down."""
+    rng = np.random.default_rng(2)
+    images = list(two_populations(rng, low=(0.2, 0.4)))
+    value, stats = autothreshold.bg_score_from_cams(images)
+    padded = [np.concatenate([c, np.zeros_like(c)], axis=2) for c in images]  # twice the pixels, half of them 0
+    assert autothreshold.bg_score_from_cams(padded)[0] == value
+    assert autothreshold.bg_score_from_cams(padded)[1]["zero_pixels"] == stats["pixels"] == 6 * 24 * 32
+    near_zero = [np.concatenate([c, np.full_like(c, 1e-3)], axis=2) for c in images]
+    assert autothreshold.bg_score_from_cams(near_zero)[0] < value
 
 
 def test_degenerate_inputs_are_an_error_or_the_documented_fallback():

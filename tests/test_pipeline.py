@@ -143,6 +143,52 @@ def test_mean_and_std_over_seeds_and_table():
     assert " 12.0+-2.8 / 42.0+-2.8" in table and " 14.0+-2.8 / 47.0+-4.2" in table
 
 
+def test_single_demo_run_prints_the_measured_ranges(tmp_path, monkeypatch):
+    """Beside each number of a one-seed demo run: its range over the measured grid (bench/demo_ranges.json)."""
+    ranges = {
+        "runs": 9,
+        "command": "python -m bench.bench_demo_grid ...",
+        "cam_miou_present": [41.25, 58.0],
+        "cam_iou": {"background": [88.0, 93.5], "bird": [20.04, 51.0]},
+    }
+    path = tmp_path / "demo_ranges.json"
+    path.write_text(json.dumps({"voc12": ranges}))
+    monkeypatch.setattr(run_pipeline, "DEMO_RANGES", path)
+    run = {"cam_miou": 10.0, "cam_miou_present": 50.0}
+    summary = {
+        "preset": "demo",
+        "dataset": "voc12",
+        "variants": {"ssenet": {"mean": run, "std": {k: 0.0 for k in run}}},
+        "settings": {"seeds": [1], "eval_list": "train.txt"},
+        "num_classes": 21,
+        "background_only_miou": 4.0,
+        "background_only_miou_present": 28.0,
+        "cam_iou": {"background": 90.0, "bird": 30.0},
+        "stage_seconds": {"data": 1.0},
+        "total_seconds": 2.0,
+    }
+    lines = run_pipeline.format_table(summary).splitlines()
+    assert any(line.startswith("range over 9 demo runs") and line.endswith("[41.2-58.0]") for line in lines)
+    assert any(line.startswith("bird") and line.endswith("30.00 [20.0-51.0]") for line in lines)
+    assert any(line.startswith("background") and line.endswith("90.00 [88.0-93.5]") for line in lines)
+    for other in ({"dataset": "coco14"}, {"preset": "paper"}, {"settings": {"seeds": [1, 2], "eval_list": "t"}}):
+        assert "[" not in run_pipeline.format_table({**summary, **other})  # no ranges measured for these
+
+
+def test_demo_grid_targets():
+    from bench.bench_demo_grid import failures
+
+    run = {"cam_miou_present": 45.0, "rw_miou_present": 48.0, "seg_miou_present": 45.0}
+    run |= {"rw_iou": {"background": 90.0, "bird": 20.0}, "seg_iou": {"background": 90.0, "bird": 25.0}}
+    assert failures(run) == []  # every target met, each exactly at its bound
+    bad = run | {"rw_miou_present": 47.9, "seg_iou": {"background": 90.0, "bird": 0.0}}
+    assert failures(bad) == ["RW gains +2.9 < +3", "seg (val) bird 0.0 < 20"]
+    assert failures(run | {"cam_miou_present": 39.0, "seg_miou_present": 41.9}) == [
+        "CAM 39.0 < 40",
+        "seg -6.1 against RW < -3",
+    ]
+
+
 def test_rerun_skips_finished_stages(demo):
     work, args, summary = demo
     mtime = (work / "ssenet" / "seed1" / "resnet38_aff.pth").stat().st_mtime_ns

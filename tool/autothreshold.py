@@ -4,8 +4,8 @@ The background score is where a pixel's best CAM stops counting as an object. Wi
 it is read off the CAMs themselves: over every pixel of every image, the best present-class CAM (the value the
 background score is compared with, ``argmax([bg, cams])``) has two populations, background near 0 and objects
 near 1, and the rule takes Otsu's threshold of their pooled histogram, the split that maximises the variance
-between the two. Only CAM files are read (the network's outputs on the images, restricted to the images'
-image-level labels); never a mask.
+between the two, leaving out the pixels where every CAM is clipped to 0. Only CAM files are read (the network's
+outputs on the images, restricted to the images' image-level labels); never a mask.
 
 The CRF alphas follow from it: AffinityNet's labels take confident foreground from the low-alpha CRF and confident
 background from the high-alpha one, whose background score is ``(1 - max cam) ** alpha``. At the threshold the low
@@ -30,20 +30,24 @@ from tool.fileio import atomic_write_text, load_scores, missing_score_file_messa
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
-RULE = "otsu-max-cam"
+RULE = "otsu-positive-max-cam"
 BINS = 1000  # histogram of [0, 1]: thresholds to 1e-3
 FALLBACK = 0.2  # the published background score, when the CAMs carry no split (all one value)
 LOW_ALPHA_BG, HIGH_ALPHA_BG = 0.5, 1 / 256  # the CRFs' background score at the threshold
 RECORD_NAME = "bg_score.json"
 
 
-def max_cam_histogram(cams: np.ndarray, bins: int = BINS) -> np.ndarray:
+def max_cam_histogram(cams: np.ndarray, bins: int = BINS, with_zeros: bool = False) -> np.ndarray:
     """Counts of the per-pixel best CAM of one image's (K, H, W) scores in ``bins`` bins of [0, 1], (bins,)
-    int64; an image with no class (K = 0) is all background and adds nothing."""
+    int64, leaving out the pixels where it is 0 or less (unless ``with_zeros``): every class's CAM is clipped
+    there, so they are background at any threshold and say nothing about where the split lies. An image with
+    no class (K = 0) is all background and adds nothing."""
     if cams.shape[0] == 0:
         return np.zeros(bins, np.int64)
-    best = np.clip(cams.max(axis=0), 0.0, 1.0)
-    index = np.minimum((best * bins).astype(np.int64), bins - 1)
+    best = cams.max(axis=0)
+    if not with_zeros:
+        best = best[best > 0]
+    index = np.minimum((np.clip(best, 0.0, 1.0) * bins).astype(np.int64), bins - 1)
     return np.bincount(index.ravel(), minlength=bins)
 
 
@@ -76,14 +80,16 @@ def bg_score_from_cams(cams_of_images: Iterable[np.ndarray], bins: int = BINS) -
     """The rule over the (K, H, W) CAMs of every image: ``(value, statistics)``. All-equal CAMs (all zero, say)
     fall back to :data:`FALLBACK` with a warning; no image at all is an error."""
     hist = np.zeros(bins, np.int64)
-    images = 0
+    images = clipped = 0
     for cams in cams_of_images:
-        hist += max_cam_histogram(cams, bins)
+        counts = max_cam_histogram(cams, bins)
+        hist += counts
         images += 1
+        clipped += cams[0].size - int(counts.sum()) if cams.shape[0] else 0
     if images == 0:
         raise InputError("--bg_score auto: no CAM files to compute it from (is the list empty?)")
     value = otsu_threshold(hist)
-    stats = {"images": images, "pixels": int(hist.sum()), "bins": bins}
+    stats = {"images": images, "pixels": int(hist.sum()), "zero_pixels": clipped, "bins": bins}
     if value is None:
         logger.warning("--bg_score auto: the CAMs have no two populations to split; using %g", FALLBACK)
         return FALLBACK, {**stats, "fallback": True}
