@@ -58,10 +58,10 @@ DEMO_RANGES = ROOT / "bench" / "demo_ranges.json"  # each demo number's range ov
 # the very same SSENet and AffinityNet stages (frozen BatchNorm, the reference optimiser, --weights) at width 1/8
 # on small toy images; its --weights come from the "pretrain" stage, which trains network.resnet38_pretrain
 # from scratch (BatchNorm in training mode, Adam) on a separate toy classification set, as ImageNet weights come
-# from a classifier trained on a set separate from VOC. Five values are set for the toy scale, each measured
-# (docs/method.md#toy-data-and-the-cpu-demo): lr 0.1 (480 steps instead of the paper's ~10k), background score
-# 0.5 (where the CAM curve on the val images peaks), CRF alphas 1 and 8 (the low-alpha background equals that
-# score at the threshold), logt 2 (a 16x12 grid instead of VOC's ~63x47: longer walks over-smooth it).
+# from a classifier trained on a set separate from VOC. Three values are set for the toy scale, each measured
+# (docs/method.md#toy-data-and-the-cpu-demo): lr 0.1 (480 steps instead of the paper's ~10k), logt 2 (a 16x12
+# grid instead of VOC's ~63x47: longer walks over-smooth it), 16 AffinityNet epochs; the background score and the
+# CRF alphas are computed from the CAMs (auto, docs/method.md#automatic-thresholds), never read off the masks.
 PRESETS = {
     "paper": {"train_cls": [], "infer_cls": [], "train_aff": [], "infer_aff": [], "train_seg": [], "infer_seg": []},
     "demo": {
@@ -85,9 +85,9 @@ PRESETS = {
         "train_cls": (
             "--batch_size 8 --max_epoches 20 --lr 0.1 --crop_size 96 --resize_long 96 128 --val_crop_size 128"
         ).split(),
-        "infer_cls": "--num_workers 1 --crf_workers 1 --bg_score 0.5 --crf_alphas 1 8".split(),
+        "infer_cls": "--num_workers 1 --crf_workers 1 --bg_score auto --crf_alphas auto".split(),
         "train_aff": "--batch_size 8 --max_epoches 16 --lr 0.1 --crop_size 96".split(),
-        "infer_aff": "--num_workers 1 --bg_score 0.5 --logt 2".split(),
+        "infer_aff": "--num_workers 1 --bg_score auto --logt 2".split(),
         "train_seg": (
             "--batch_size 8 --max_epoches 32 --lr 0.01 --crop_size 128 --scale_range 0.75 1.25 --no_color_jitter"
         ).split(),

@@ -39,7 +39,7 @@ CAM_MIN, RW_GAIN_MIN, SEG_DROP_MAX, CLASS_MIN = 40.0, 3.0, 3.0, 20.0
 
 
 def section(dataset: str) -> str:
-    return f"## Demo over 9 runs ({dataset})" if dataset == "voc12" else f"## Demo over 9 runs ({dataset} demo)"
+    return f"## Demo over pretraining x training seeds ({dataset})"
 
 
 def failures(run: dict) -> list[str]:
@@ -128,7 +128,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--read_only", action="store_true", help="only read finished work folders' summary.json (run the missing)"
     )
     parser.add_argument("--ranges", type=Path, help=f"write each number's range here (the runner reads {RANGES.name})")
-    add_results_flag(parser, "## Demo over 9 runs")
+    add_results_flag(parser, section("DATASET"))
     return parser
 
 

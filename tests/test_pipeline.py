@@ -10,6 +10,7 @@ from PIL import Image
 
 import run_pipeline
 from engine.datasets import get_dataset
+from tool import autothreshold
 from tool.dataset import load_img_id_list
 from tool.fileio import load_label_png, load_scores
 
@@ -52,12 +53,17 @@ def test_every_stage_wrote_its_outputs(demo):
     out = work / "ssenet" / "seed1"
     assert (out / "resnet38_cls_ser.pth").exists() and (out / "resnet38_aff.pth").exists()
     assert (work / "pretrain" / "resnet38_pretrain.pth").exists()
+    # the demo preset's thresholds are automatic: the CAM stage's and the walk's records
+    record = json.loads((out / "cam" / "bg_score.json").read_text())
+    alphas = [str(float(a)) for a in record["crf_alphas"]]
+    assert record["crf_alphas"] == autothreshold.crf_alphas_for(record["value"])
+    assert 0 < json.loads((out / "rw" / "bg_score.json").read_text())["value"] < 1
     for image_id in ids:
         gt = load_label_png(root / "SegmentationClass" / f"{image_id}.png")
         classes = sorted(int(c) for c in np.unique(gt) if c not in (0, 255))
         keys, cams = load_scores(out / "cam" / f"{image_id}.npz")
         assert list(keys + 1) == classes and cams.shape[1:] == gt.shape
-        for alpha in ("1.0", "8.0"):  # the demo preset's --crf_alphas
+        for alpha in alphas:
             keys, _ = load_scores(out / f"crf_{alpha}" / f"{image_id}.npz")
             assert list(keys) == [0, *classes]
         for folder in ("cam_pred", "rw"):
@@ -219,7 +225,7 @@ def test_paper_preset_requires_weights(tmp_path):
 def test_pipeline_crf_folders_follow_the_infer_cls_alphas(tmp_path):
     """Issue 9: ``--infer_cls_args "--crf_alphas 3 20"`` must move the folders train_aff reads too."""
     import run_pipeline
-    from tool import autothreshold, layout
+    from tool import layout
 
     def pipe(*extra):
         argv = ["--preset", "demo", "--work_dir", str(tmp_path), *extra]
