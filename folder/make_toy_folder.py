@@ -35,10 +35,9 @@ from tool.dataset import color_map, list_file
 from tool.fileio import atomic_path, atomic_write_text, save_png
 from tool.metrics import IGNORE_INDEX
 from voc12.make_toy_voc import (
-    EXTENT,
     JPEG_QUALITY,
-    OBJECTS_PER_IMAGE,
     TOY_CLASSES,
+    add_toy_args,
     check_toy_params,
     prepare_toy_output,
     render_toy_scene,
@@ -199,24 +198,7 @@ def _counts(plan: list[ToyFolderImage], present: dict[str, list[int]]) -> dict[s
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write a synthetic dataset in the user-folder layout.")
     parser.add_argument("--out", required=True, help="output folder (the --dataset_root of --dataset folder)")
-    parser.add_argument("--num_train", type=cli.positive_int, default=100, help="images in train.txt")
-    parser.add_argument("--num_val", type=cli.positive_int, default=30, help="images in val.txt")
-    parser.add_argument(
-        "--size", type=cli.int_range(32), default=128, help="long image side in px, >= 32 (short side 0.66-0.85 of it)"
-    )
-    parser.add_argument("--seed", type=cli.nonneg_int, default=0, help="same seed gives byte-identical files")
-    parser.add_argument(
-        "--void_width", type=cli.nonneg_int, default=3, help="width in px of the 255 band across every object boundary"
-    )
-    parser.add_argument(
-        "--min_extent", type=EXTENT, default=0.10, help="smallest object box, fraction of long side in (0, 1]"
-    )
-    parser.add_argument(
-        "--max_extent", type=EXTENT, default=0.50, help="largest object box, fraction of long side in (0, 1]"
-    )
-    parser.add_argument(
-        "--max_objects", type=int, choices=OBJECTS_PER_IMAGE, default=3, help="at most this many objects per image"
-    )
+    add_toy_args(parser, 128, "train.txt", "val.txt")
     return parser
 
 

@@ -494,26 +494,23 @@ def make_toy_voc(
 EXTENT = cli.float_range(0, 1, lo_open=True)
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Write a synthetic dataset in the PASCAL VOC 2012 layout.")
-    parser.add_argument("--out", required=True, help="output folder (the --voc12_root of later stages)")
+def add_toy_args(
+    parser: argparse.ArgumentParser, size: int, train_list: str, val_list: str, void_band: bool = True
+) -> None:
+    """The flags every toy generator shares (VOC, COCO and folder layouts): set sizes, image size, seed, objects."""
+    parser.add_argument("--num_train", type=cli.positive_int, default=100, help=f"images in {train_list}")
+    parser.add_argument("--num_val", type=cli.positive_int, default=30, help=f"images in {val_list}")
     parser.add_argument(
-        "--num_train", type=cli.positive_int, default=100, help="images in ImageSets/Segmentation/train.txt"
-    )
-    parser.add_argument("--num_val", type=cli.positive_int, default=30, help="images in ImageSets/Segmentation/val.txt")
-    parser.add_argument(
-        "--size", type=cli.int_range(32), default=256, help="long image side in px, >= 32 (short side 0.66-0.85 of it)"
+        "--size", type=cli.int_range(32), default=size, help="long image side in px, >= 32 (short side 0.66-0.85 of it)"
     )
     parser.add_argument("--seed", type=cli.nonneg_int, default=0, help="same seed gives byte-identical files")
-    parser.add_argument(
-        "--with_aug", action="store_true", help="also write SegmentationClassAug/ (greyscale PNGs, all images)"
-    )
-    parser.add_argument(
-        "--void_width",
-        type=cli.nonneg_int,
-        default=3,
-        help="width in px of the 255 band drawn across every object boundary",
-    )
+    if void_band:
+        parser.add_argument(
+            "--void_width",
+            type=cli.nonneg_int,
+            default=3,
+            help="width in px of the 255 band drawn across every object boundary",
+        )
     parser.add_argument(
         "--min_extent", type=EXTENT, default=0.10, help="smallest object box, fraction of long side in (0, 1]"
     )
@@ -522,6 +519,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max_objects", type=int, choices=OBJECTS_PER_IMAGE, default=3, help="at most this many objects per image"
+    )
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Write a synthetic dataset in the PASCAL VOC 2012 layout.")
+    parser.add_argument("--out", required=True, help="output folder (the --voc12_root of later stages)")
+    add_toy_args(parser, 256, "ImageSets/Segmentation/train.txt", "ImageSets/Segmentation/val.txt")
+    parser.add_argument(
+        "--with_aug", action="store_true", help="also write SegmentationClassAug/ (greyscale PNGs, all images)"
     )
     return parser
 
