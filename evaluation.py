@@ -1,7 +1,7 @@
 """Evaluate predicted masks or CAM score files against ground truth (docs/method.md#evaluation).
 
 Scores are the reference's: per pixel with ground truth != 255, counts over the
-dataset's classes (VOC: 21, COCO: 81, with background) accumulated over the list;
+dataset's classes (its descriptor's ``num_classes``, background included) accumulated over the list;
 IoU_c = TP / (T + P - TP + 1e-10) and the mIoU is the mean over all classes
 (maths in ``tool/metrics.py``). The ground truth is ``--gt_dir/<id>.png`` or, without it,
 the masks of ``--dataset`` (docs/datasets.md).

@@ -14,7 +14,7 @@ Outputs, one file per image and kind, each written atomically:
 - ``--out_cam``: ``<id>.npz``, keys = 0-based indices of the present classes,
   scores = their normalised CAMs (K, H, W);
 - ``--out_cam_pred``: ``<id>.png``, palette PNG of argmax over
-  [``--bg_score``, 20 normalised CAMs] (0 = background, k + 1 = class k);
+  [``--bg_score``, one normalised CAM per foreground class] (0 = background, k + 1 = class k);
 - ``--out_crf``: ``<out_crf>_<alpha>/<id>.npz`` for each ``--crf_alphas``,
   keys 0 (background) and k + 1, scores = dense-CRF marginals;
 - ``--out_vis``: ``<id>.png``, the image beside one CAM overlay per present class.

@@ -194,6 +194,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     print(text)
     command = (
         f"python -m bench.bench_autothreshold --runs {' '.join(args.runs)} --seeds {' '.join(map(str, args.seeds))}"
+        f" --rw_sweep {' '.join(map(str, args.rw_sweep))}"
     )
     record(args.results, SECTION, f"{cpu_model()}; `{command}`. Present-class mIoU in percent.\n\n{text}")
     return rows

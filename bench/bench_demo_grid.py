@@ -8,7 +8,8 @@ For each pretraining seed K it runs ``run_pipeline.py --preset demo --work_dir R
 read), then checks each run against the demo's targets (present-class mIoU; docs/method.md#toy-data-and-the-cpu-demo):
 
 - CAM >= 40; CAM + RW >= CAM + 3; segmentation (val) >= CAM + RW - 3;
-- every class present in the ground truth >= 20 IoU after the walk and in the segmentation network's val result.
+- every class present in the ground truth >= CLASS_MIN (20) IoU after the walk and in the segmentation
+  network's val result.
 
 It prints one row per run and the mean, std and range over all of them; ``--results`` writes them to their section
 of bench/RESULTS.md and ``--ranges`` the range of each number to the JSON file ``run_pipeline.py`` prints beside a

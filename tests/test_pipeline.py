@@ -10,7 +10,7 @@ from PIL import Image
 
 import run_pipeline
 from engine.datasets import get_dataset
-from tool import autothreshold
+from tool import autothreshold, layout
 from tool.dataset import load_img_id_list
 from tool.fileio import load_label_png, load_scores
 
@@ -55,7 +55,6 @@ def test_every_stage_wrote_its_outputs(demo):
     assert (work / "pretrain" / "resnet38_pretrain.pth").exists()
     # the demo preset's thresholds are automatic: the CAM stage's and the walk's records
     record = json.loads((out / "cam" / "bg_score.json").read_text())
-    alphas = [str(float(a)) for a in record["crf_alphas"]]
     assert record["crf_alphas"] == autothreshold.crf_alphas_for(record["value"])
     assert 0 < json.loads((out / "rw" / "bg_score.json").read_text())["value"] < 1
     for image_id in ids:
@@ -63,8 +62,8 @@ def test_every_stage_wrote_its_outputs(demo):
         classes = sorted(int(c) for c in np.unique(gt) if c not in (0, 255))
         keys, cams = load_scores(out / "cam" / f"{image_id}.npz")
         assert list(keys + 1) == classes and cams.shape[1:] == gt.shape
-        for alpha in alphas:
-            keys, _ = load_scores(out / f"crf_{alpha}" / f"{image_id}.npz")
+        for alpha in record["crf_alphas"]:
+            keys, _ = load_scores(layout.crf_dir(layout.RunLayout(out).crf, alpha) / f"{image_id}.npz")
             assert list(keys) == [0, *classes]
         for folder in ("cam_pred", "rw"):
             label = load_label_png(out / folder / f"{image_id}.png")
@@ -224,8 +223,6 @@ def test_paper_preset_requires_weights(tmp_path):
 
 def test_pipeline_crf_folders_follow_the_infer_cls_alphas(tmp_path):
     """Issue 9: ``--infer_cls_args "--crf_alphas 3 20"`` must move the folders train_aff reads too."""
-    import run_pipeline
-    from tool import layout
 
     def pipe(*extra):
         argv = ["--preset", "demo", "--work_dir", str(tmp_path), *extra]

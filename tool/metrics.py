@@ -12,7 +12,7 @@ to no ``P``: it is a miss. To keep that, :func:`confusion` returns one extra
 column, "predicted void", next to the square class-by-class matrix.
 
 CAM score maps are scored against a background threshold ``t`` the same way:
-the reference stacks ``[t, score of class 1, ..., score of class 20]`` (absent
+the reference stacks ``[t, score of class 1, ..., score of the last class]`` (absent
 classes 0) in float32 and takes the argmax, so a pixel is background unless
 its best present class scores strictly above ``t`` (a tie goes to background),
 and ties between classes go to the lower class index.

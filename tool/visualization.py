@@ -30,7 +30,7 @@ def cam_panel(
 ) -> np.ndarray:
     """One image (normalised, (3, H, W)) beside the overlays of its present classes -> (3, H, k*W) uint8.
 
-    ``cams`` (20, h, w) are raw scores; each present class is max-normalised for display.
+    ``cams`` (foreground classes, h, w) are raw scores; each present class is max-normalised for display.
     ``denormalize`` undoes the network's normalisation (its ``Net.denormalize``).
     """
     image = denormalize(np.transpose(image_chw, (1, 2, 0)))
